@@ -1,0 +1,1 @@
+"""Benchmark and test helpers for :mod:`cachefs` (HTTP origin server, data)."""

@@ -1,0 +1,33 @@
+"""cachefs: a tiered chunk cache for training data, as an fsspec filesystem.
+
+Use it through fsspec without importing it::
+
+    fs = fsspec.filesystem("cachefs", target_protocol="s3")
+    with fsspec.open("cachefs::https://host/data/shard-0000.tar") as f:
+        ...
+"""
+
+from cachefs._version import __version__
+from cachefs.chunks import ChunkKey, FileVersion, parse_size
+from cachefs.file import CachedFile
+from cachefs.filesystem import CacheFileSystem, default_cache_dir
+from cachefs.policy import (
+    EvictionPolicy,
+    LRUPolicy,
+    available_policies,
+    register_policy,
+)
+
+__all__ = [
+    "CacheFileSystem",
+    "CachedFile",
+    "ChunkKey",
+    "EvictionPolicy",
+    "FileVersion",
+    "LRUPolicy",
+    "__version__",
+    "available_policies",
+    "default_cache_dir",
+    "parse_size",
+    "register_policy",
+]

@@ -1,0 +1,3 @@
+"""cachefs version."""
+
+__version__ = "0.1.0"

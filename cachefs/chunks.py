@@ -1,0 +1,238 @@
+"""Chunks of origin files: versions, keys, spans and size parsing.
+
+A file is cut into fixed-size chunks. A chunk is named by a :class:`ChunkKey`
+that includes the file's *version*, so a changed origin file gets new keys and
+stale chunks simply age out of the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ChunkKey",
+    "ChunkSpan",
+    "FileVersion",
+    "chunk_spans",
+    "parse_size",
+    "version_token",
+]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str, name: str, *, allow_zero: bool = True) -> int:
+    """Parse a byte size given as an int or a string such as ``"512MiB"``.
+
+    Parameters
+    ----------
+    value
+        A non-negative int, or a string of a number and an optional unit
+        (``B``, ``kB``, ``MB``, ``GB``, ``TB``, ``KiB``, ``MiB``, ``GiB``,
+        ``TiB``; case-insensitive).
+    name
+        The parameter's name, used in error messages.
+    allow_zero
+        Whether ``0`` is accepted (it turns a tier off).
+
+    Returns
+    -------
+    int
+        The size in bytes.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither an int nor a string.
+    ValueError
+        If ``value`` is negative, unparsable, or zero where not allowed.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(
+            f"{name} must be an int or a size string such as '512MiB', "
+            f"got {type(value).__name__}"
+        )
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(value)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{name}={value!r} is not a size; use an int or a string "
+                "such as '512MiB' or '2GiB'"
+            )
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if size == 0 and not allow_zero:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return size
+
+
+_TOKEN_FIELDS = ("ETag", "etag", "e_tag", "ETAG", "VersionId", "generation", "md5")
+_MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "Last-Modified", "created")
+
+
+def version_token(info: dict[str, Any]) -> str:
+    """Derive a version token from a target's ``info()`` dict.
+
+    An ETag (or another content identity the target reports) wins; otherwise
+    the token is built from size and modification time.
+
+    Parameters
+    ----------
+    info
+        What the target filesystem's ``info`` returned for the file.
+
+    Returns
+    -------
+    str
+        A string that changes whenever the file's content changes.
+    """
+    for name in _TOKEN_FIELDS:
+        value = info.get(name)
+        if value:
+            return f"{name}:{str(value).strip()}"
+    size = info.get("size")
+    for name in _MTIME_FIELDS:
+        value = info.get(name)
+        if value is not None and value != "":
+            # Datetimes and floats both stringify stably.
+            return f"size:{size}:mtime:{value}"
+    return f"size:{size}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """One version of one origin file.
+
+    Parameters
+    ----------
+    protocol
+        The target filesystem's protocol, e.g. ``"http"`` or ``"s3"``.
+    path
+        The file's path as the target filesystem names it.
+    size
+        The file's size in bytes.
+    token
+        The version token (see :func:`version_token`).
+    """
+
+    protocol: str
+    path: str
+    size: int
+    token: str
+
+    def key(self, chunk_size: int, index: int) -> ChunkKey:
+        """Return the key of chunk ``index`` of this version."""
+        return ChunkKey(self, chunk_size, index)
+
+    def chunk_count(self, chunk_size: int) -> int:
+        """Return the number of chunks this file has at ``chunk_size``."""
+        return -(-self.size // chunk_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkKey:
+    """The name of one chunk of one version of one file.
+
+    Keys are hashable values; :attr:`digest` names the chunk on disk, so no
+    origin name ever becomes a path.
+    """
+
+    version: FileVersion
+    chunk_size: int
+    index: int
+    _digest: list[str] = field(
+        default_factory=list, compare=False, hash=False, repr=False
+    )
+
+    @property
+    def start(self) -> int:
+        """Offset of the chunk's first byte in the file."""
+        return self.index * self.chunk_size
+
+    @property
+    def stop(self) -> int:
+        """Offset one past the chunk's last byte in the file."""
+        return min(self.start + self.chunk_size, self.version.size)
+
+    @property
+    def length(self) -> int:
+        """Number of bytes in the chunk (the last chunk may be short)."""
+        return self.stop - self.start
+
+    @property
+    def digest(self) -> str:
+        """Hex digest naming the chunk (stable across processes and runs)."""
+        if not self._digest:
+            v = self.version
+            text = "\0".join(
+                (v.protocol, v.path, v.token, str(self.chunk_size), str(self.index))
+            )
+            self._digest.append(
+                hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+            )
+        return self._digest[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpan:
+    """The part of one chunk that a byte range covers.
+
+    Attributes
+    ----------
+    index
+        The chunk's index in the file.
+    start, stop
+        The covered byte range, relative to the chunk's first byte.
+    """
+
+    index: int
+    start: int
+    stop: int
+
+
+def chunk_spans(start: int, stop: int, chunk_size: int) -> Iterator[ChunkSpan]:
+    """Cut the file range ``[start, stop)`` into per-chunk spans.
+
+    Parameters
+    ----------
+    start, stop
+        Absolute byte offsets, already clipped to the file size.
+    chunk_size
+        The chunk size in bytes.
+
+    Yields
+    ------
+    ChunkSpan
+        One span per chunk touched, in file order.
+    """
+    pos = start
+    while pos < stop:
+        index = pos // chunk_size
+        base = index * chunk_size
+        end = min(stop, base + chunk_size)
+        yield ChunkSpan(index, pos - base, end - base)
+        pos = end

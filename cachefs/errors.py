@@ -1,0 +1,73 @@
+"""Origin errors mapped to builtin exceptions, at one boundary.
+
+The fetcher calls :func:`classify` on whatever the target raised. The table
+below decides which builtin the reader sees and whether a retry may help;
+nothing here looks at an error message's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+__all__ = ["ErrorClass", "ShortReadError", "classify"]
+
+
+class ShortReadError(ConnectionError):
+    """The origin returned fewer bytes than the range asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorClass:
+    """How to surface one origin failure.
+
+    Attributes
+    ----------
+    builtin
+        The builtin exception type the reader gets.
+    transient
+        Whether retrying the same request may succeed.
+    """
+
+    builtin: type[OSError]
+    transient: bool
+
+
+# HTTP statuses (aiohttp's ClientResponseError, as raised by fsspec's http).
+_STATUS: dict[int, ErrorClass] = {
+    401: ErrorClass(PermissionError, False),
+    403: ErrorClass(PermissionError, False),
+    404: ErrorClass(FileNotFoundError, False),
+    408: ErrorClass(TimeoutError, True),
+    429: ErrorClass(ConnectionError, True),
+}
+_SERVER_ERROR = ErrorClass(ConnectionError, True)
+_CLIENT_ERROR = ErrorClass(OSError, False)
+
+# Exception types, most specific first.
+_TYPES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
+    (FileNotFoundError, ErrorClass(FileNotFoundError, False)),
+    (PermissionError, ErrorClass(PermissionError, False)),
+    (IsADirectoryError, ErrorClass(IsADirectoryError, False)),
+    (TimeoutError, ErrorClass(TimeoutError, True)),
+    (asyncio.TimeoutError, ErrorClass(TimeoutError, True)),
+    (aiohttp.ServerTimeoutError, ErrorClass(TimeoutError, True)),
+    (aiohttp.ClientPayloadError, ErrorClass(ConnectionError, True)),
+    (aiohttp.ClientConnectionError, ErrorClass(ConnectionError, True)),
+    (ConnectionError, ErrorClass(ConnectionError, True)),
+    (OSError, ErrorClass(OSError, False)),
+)
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """Return how the origin failure ``exc`` is surfaced and retried."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        if exc.status in _STATUS:
+            return _STATUS[exc.status]
+        return _SERVER_ERROR if exc.status >= 500 else _CLIENT_ERROR
+    for kind, outcome in _TYPES:
+        if isinstance(exc, kind):
+            return outcome
+    return _CLIENT_ERROR

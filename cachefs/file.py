@@ -1,0 +1,215 @@
+"""The read-only file object handed out by ``CacheFileSystem.open(path, "rb")``.
+
+Reads are served in the caller's thread from the tiers; only a miss crosses
+into the filesystem's event loop. Three ways to read, by cost:
+
+- :meth:`CachedFile.read_view` returns a memoryview of cached bytes (no copy
+  when the range lies inside one chunk);
+- :meth:`CachedFile.readinto` copies once, into the caller's buffer;
+- :meth:`CachedFile.read` returns ``bytes`` (one copy).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from fsspec.asyn import sync
+
+from cachefs.chunks import ChunkKey, FileVersion
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from cachefs.filesystem import CacheFileSystem
+
+__all__ = ["CachedFile"]
+
+
+class CachedFile(io.RawIOBase):
+    """A seekable, read-only binary file backed by the chunk cache.
+
+    Parameters
+    ----------
+    fs
+        The owning filesystem.
+    version
+        The version of the file being read; the object reads that version
+        even if the origin changes while it is open.
+    """
+
+    mode = "rb"
+
+    def __init__(self, fs: CacheFileSystem, version: FileVersion) -> None:
+        super().__init__()
+        self.fs = fs
+        self.version = version
+        self.path = version.path
+        self.size = version.size
+        self.chunk_size = fs.chunk_size
+        self._router = fs.router
+        self._pos = 0
+        self._keys: dict[int, ChunkKey] = {}
+
+    # -- io.RawIOBase --------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The file's path on the target filesystem."""
+        return self.path
+
+    def readable(self) -> bool:  # noqa: D102
+        return True
+
+    def seekable(self) -> bool:  # noqa: D102
+        return True
+
+    def writable(self) -> bool:  # noqa: D102
+        return False
+
+    def tell(self) -> int:  # noqa: D102
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` relative to ``whence``; return the new position."""
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"whence must be 0, 1 or 2, got {whence!r}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos} in {self.path}")
+        self._pos = pos
+        return pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read up to ``size`` bytes (all remaining when negative or None)."""
+        if self.closed:
+            self._check_open()
+        pos = self._pos
+        stop = self.size if size is None or size < 0 else min(pos + size, self.size)
+        if stop <= pos:
+            self._check_open()
+            return b""
+        cs = self.chunk_size
+        index = pos // cs
+        if stop <= (index + 1) * cs:  # the common case: inside one chunk
+            view = self._chunk(index)
+            base = index * cs
+            self._pos = stop
+            return view[pos - base : stop - base].tobytes()
+        out = bytearray(stop - pos)
+        self._copy_range(pos, stop, memoryview(out))
+        self._pos = stop
+        return bytes(out)
+
+    def readall(self) -> bytes:  # noqa: D102
+        return self.read(-1)
+
+    def readinto(self, buffer: Buffer) -> int:
+        """Copy up to ``len(buffer)`` bytes into ``buffer``; return the count."""
+        self._check_open()
+        out = memoryview(buffer).cast("B")
+        pos = self._pos
+        stop = min(pos + out.nbytes, self.size)
+        if stop <= pos:
+            self._check_open()
+            return 0
+        self._copy_range(pos, stop, out)
+        self._pos = stop
+        return stop - pos
+
+    def read_view(self, size: int = -1) -> memoryview:
+        """Read up to ``size`` bytes as a read-only memoryview.
+
+        Inside one chunk the view points into the cache itself: no copy.
+        A range that spans chunks is copied once into a new buffer.
+        """
+        self._check_open()
+        pos = self._pos
+        stop = self.size if size < 0 else min(pos + size, self.size)
+        if stop <= pos:
+            self._check_open()
+            return memoryview(b"")
+        cs = self.chunk_size
+        index = pos // cs
+        if stop <= (index + 1) * cs:
+            base = index * cs
+            view = self._chunk(index)[pos - base : stop - base]
+        else:
+            out = bytearray(stop - pos)
+            self._copy_range(pos, stop, memoryview(out))
+            view = memoryview(out).toreadonly()
+        self._pos = stop
+        return view
+
+    def close(self) -> None:
+        """Close the file; further reads raise ``ValueError``."""
+        self._keys.clear()
+        super().close()
+
+    def info(self) -> dict[str, Any]:
+        """Return the size and version this file object reads."""
+        return {
+            "name": self.path,
+            "size": self.size,
+            "type": "file",
+            "version": self.version.token,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reopen, (self.fs, self.path, self._pos)
+
+    # -- chunk access --------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed file {self.path}")
+
+    def _key(self, index: int) -> ChunkKey:
+        key = self._keys.get(index)
+        if key is None:
+            key = self._keys[index] = ChunkKey(self.version, self.chunk_size, index)
+        return key
+
+    def _chunk(self, index: int) -> memoryview:
+        key = self._key(index)
+        view = self._router.get_cached(key)
+        if view is None:
+            if self.closed:
+                raise ValueError(f"I/O operation on closed file {self.path}")
+            view = self._fetch([key])[0]
+        return view
+
+    def _fetch(self, keys: list[ChunkKey]) -> list[memoryview]:
+        views: list[memoryview] = sync(self.fs.loop, self._router.get_chunks, keys)
+        return views
+
+    def _copy_range(self, start: int, stop: int, out: memoryview) -> None:
+        """Copy file bytes ``[start, stop)`` into ``out`` (one loop crossing)."""
+        self._check_open()
+        cs = self.chunk_size
+        first, last = start // cs, (stop - 1) // cs
+        keys = [self._key(i) for i in range(first, last + 1)]
+        views = [self._router.get_cached(k) for k in keys]
+        if any(v is None for v in views):
+            views = self._fetch(keys)  # type: ignore[assignment]
+        written = 0
+        for key, view in zip(keys, views, strict=True):
+            assert view is not None
+            lo = max(start, key.start) - key.start
+            hi = min(stop, key.stop) - key.start
+            out[written : written + hi - lo] = view[lo:hi]
+            written += hi - lo
+
+
+def _reopen(fs: CacheFileSystem, path: str, pos: int) -> CachedFile:
+    f = fs.open(path, "rb")
+    assert isinstance(f, CachedFile)
+    f.seek(pos)
+    return f

@@ -1,0 +1,682 @@
+"""``CacheFileSystem``: the fsspec face of the cache (protocol ``cachefs``).
+
+Reads go through the chunk router; metadata calls pass through to the target
+and are cached for ``metadata_ttl`` seconds; writes pass through and
+invalidate what the cache holds for the paths they touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.implementations.chained import ChainedFileSystem
+from fsspec.spec import AbstractFileSystem
+from fsspec.utils import stringify_path
+
+from cachefs.chunks import ChunkKey, FileVersion, parse_size, version_token
+from cachefs.fetch import Fetcher
+from cachefs.file import CachedFile
+from cachefs.metadata import MetadataCache, TTLCache
+from cachefs.policy import EvictionPolicy, make_policy
+from cachefs.router import ChunkRouter
+from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.ram import RamTier
+from cachefs.writes import WriteThroughFile
+
+__all__ = ["CacheFileSystem", "default_cache_dir"]
+
+_PREFIXES = ("cachefs::", "cachefs://")
+_LIVE: dict[int, weakref.ref[CacheFileSystem]] = {}
+# At exit, fills still writing to disk get this long to finish.
+_EXIT_DRAIN_SECONDS = 10.0
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    for ref in list(_LIVE.values()):
+        fs = ref()
+        if fs is not None and not fs.asynchronous and fs.router.disks:
+            # Best effort: the interpreter is going away.
+            with contextlib.suppress(Exception):
+                fs.wait_idle(timeout=_EXIT_DRAIN_SECONDS)
+
+
+_WRITE_MODES = frozenset({"wb", "ab", "xb"})
+
+
+def default_cache_dir() -> Path:
+    """Return ``$XDG_CACHE_HOME/cachefs`` (``~/.cache/cachefs`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return Path(base) / "cachefs"
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(value: Any, name: str, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
+    """A tiered chunk cache over any fsspec filesystem.
+
+    Parameters
+    ----------
+    target_protocol
+        Protocol of the filesystem to cache (``"http"``, ``"s3"``, ``"file"``,
+        ...). Give this or ``fs``, not both.
+    target_options
+        Keyword arguments for the target filesystem.
+    fs
+        An already constructed target filesystem instead of
+        ``target_protocol``.
+    cache_dir
+        Directory of the disk tier, or a list of directories (one per disk;
+        chunks are spread over them by rendezvous hashing). Defaults to
+        ``$XDG_CACHE_HOME/cachefs``.
+    ram_limit
+        Byte budget of this process's RAM tier; ``0`` turns it off.
+    disk_limit
+        Byte budget of the disk tier, shared by every process using the same
+        directories, split evenly over them; ``0`` turns it off.
+    chunk_size
+        Size of the chunks files are cut into (default 4 MiB).
+    metadata_ttl
+        Seconds a file's size and version are trusted before the origin is
+        asked again; ``None`` trusts them forever, so a warmed cache serves
+        with the origin unreachable.
+    policy
+        Name of the eviction policy (see :func:`cachefs.available_policies`),
+        or a policy instance.
+    max_requests
+        Concurrent origin requests at most.
+    max_inflight
+        Bytes of origin requests in flight at most.
+    max_coalesce
+        Largest single ranged request made by joining adjacent missing chunks.
+    retries
+        Times a transient origin fault is retried before a read fails.
+    request_timeout
+        Seconds one origin request may take; ``None`` for no limit.
+    **kwargs
+        Passed to :class:`fsspec.asyn.AsyncFileSystem` (``asynchronous``,
+        ``loop``, ...).
+
+    Notes
+    -----
+    Sizes accept ints and strings such as ``"512MiB"`` or ``"2GiB"``.
+    """
+
+    protocol = ("cachefs",)
+    root_marker = ""
+
+    def __init__(
+        self,
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        fs: AbstractFileSystem | None = None,
+        cache_dir: str
+        | os.PathLike[str]
+        | Sequence[str | os.PathLike[str]]
+        | None = None,
+        ram_limit: int | str = "1GiB",
+        disk_limit: int | str = "32GiB",
+        chunk_size: int | str = "4MiB",
+        metadata_ttl: float | None = 60.0,
+        policy: str | EvictionPolicy = "lru",
+        max_requests: int = 16,
+        max_inflight: int | str = "256MiB",
+        max_coalesce: int | str = "16MiB",
+        retries: int = 4,
+        request_timeout: float | None = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
+        super().__init__(**kwargs)
+        self.chunk_size = parse_size(chunk_size, "chunk_size", allow_zero=False)
+        self.ram_limit = parse_size(ram_limit, "ram_limit")
+        self.disk_limit = parse_size(disk_limit, "disk_limit")
+        self.metadata_ttl = _check_seconds(
+            metadata_ttl, "metadata_ttl", allow_none=True
+        )
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        timeout = _check_seconds(request_timeout, "request_timeout", allow_none=True)
+        self.fs = self._make_target(target_protocol, target_options, fs)
+        proto = self.fs.protocol
+        self.target_protocol = proto if isinstance(proto, str) else proto[0]
+        dirs = self._cache_dirs(cache_dir)
+        make_policy(policy)  # validate the name before touching the disk
+        disks = []
+        if self.disk_limit:
+            share = self.disk_limit // len(dirs)
+            disks = [DiskTier(d, share, make_policy(policy)) for d in dirs]
+        self.cache_dirs = dirs
+        ram = RamTier(self.ram_limit, make_policy(policy)) if self.ram_limit else None
+        self.fetcher = Fetcher(
+            self.fs,
+            max_requests=_check_count(max_requests, "max_requests"),
+            max_inflight=parse_size(max_inflight, "max_inflight", allow_zero=False),
+            retries=retries,
+            timeout=timeout,
+        )
+        self.router = ChunkRouter(
+            ram,
+            disks,
+            self.fetcher,
+            max_coalesce=parse_size(max_coalesce, "max_coalesce", allow_zero=False),
+        )
+        self.metadata = MetadataCache(
+            self.metadata_ttl, disks[0].root / "meta" if disks else None
+        )
+        self._infos = TTLCache(self.metadata_ttl)
+        self._listings = TTLCache(self.metadata_ttl)
+        key = id(self)
+        _LIVE[key] = weakref.ref(self, lambda _: _LIVE.pop(key, None))
+
+    # -- construction helpers ------------------------------------------------
+
+    def _make_target(
+        self,
+        target_protocol: str | None,
+        target_options: dict[str, Any] | None,
+        fs: AbstractFileSystem | None,
+    ) -> AbstractFileSystem:
+        if (fs is None) == (target_protocol is None):
+            raise TypeError(
+                "CacheFileSystem needs exactly one of fs= or target_protocol="
+            )
+        if fs is not None:
+            if target_options:
+                raise TypeError("target_options cannot be combined with fs=")
+            if not isinstance(fs, AbstractFileSystem):
+                raise TypeError(
+                    f"fs must be an fsspec filesystem, got {type(fs).__name__}"
+                )
+            return fs
+        if not isinstance(target_protocol, str):
+            raise TypeError(
+                f"target_protocol must be a str, got {type(target_protocol).__name__}"
+            )
+        if target_options is not None and not isinstance(target_options, dict):
+            raise TypeError(
+                f"target_options must be a dict, got {type(target_options).__name__}"
+            )
+        options = dict(target_options or {})
+        try:
+            cls = fsspec.get_filesystem_class(target_protocol)
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"target_protocol={target_protocol!r}: {exc}") from exc
+        if getattr(cls, "async_impl", False):
+            # Share our loop so target coroutines run natively in our fetches.
+            options.setdefault("asynchronous", self.asynchronous)
+            if not self.asynchronous:
+                options.setdefault("loop", self.loop)
+        target: AbstractFileSystem = cls(**options)
+        return target
+
+    @staticmethod
+    def _cache_dirs(
+        cache_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    ) -> list[Path]:
+        if cache_dir is None:
+            return [default_cache_dir()]
+        if isinstance(cache_dir, str | os.PathLike):
+            items: list[Any] = [cache_dir]
+        elif isinstance(cache_dir, Sequence):
+            items = list(cache_dir)
+        else:
+            raise TypeError(
+                "cache_dir must be a path or a list of paths, "
+                f"got {type(cache_dir).__name__}"
+            )
+        if not items:
+            raise ValueError("cache_dir must name at least one directory")
+        for item in items:
+            if not isinstance(item, str | os.PathLike) or not os.fspath(item):
+                raise TypeError(f"cache_dir entries must be paths, got {item!r}")
+        return [Path(os.fspath(item)).expanduser().absolute() for item in items]
+
+    # -- paths ---------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = stringify_path(path)
+        for prefix in _PREFIXES:
+            if path.startswith(prefix):
+                return path[len(prefix) :]
+        return path
+
+    def _target_path(self, path: str) -> str:
+        return str(self.fs._strip_protocol(self._strip_protocol(path)))
+
+    def unstrip_protocol(self, name: str) -> str:
+        """Return the chained URL ``cachefs::<target URL>`` for ``name``."""
+        return "cachefs::" + str(self.fs.unstrip_protocol(self._target_path(name)))
+
+    # -- versions ------------------------------------------------------------
+
+    def _known_version(self, path: str) -> FileVersion | None:
+        return self.metadata.get(self.target_protocol, path)
+
+    async def _version(self, path: str) -> FileVersion:
+        tpath = self._target_path(path)
+        version = self._known_version(tpath)
+        if version is not None:
+            return version
+        info = await self._info(tpath)
+        version = self._known_version(tpath)
+        if version is None:  # metadata_ttl=0: nothing is kept
+            version = self._version_from_info(tpath, info)
+        return version
+
+    def _version_from_info(self, path: str, info: dict[str, Any]) -> FileVersion:
+        if info.get("type") == "directory":
+            raise IsADirectoryError(f"{path} is a directory")
+        size = info.get("size")
+        if size is None:
+            raise OSError(f"the origin reports no size for {path}")
+        version = FileVersion(
+            self.target_protocol, path, int(size), version_token(info)
+        )
+        self.metadata.put(version)
+        return version
+
+    def _span_keys(self, version: FileVersion, start: int, stop: int) -> list[ChunkKey]:
+        cs = self.chunk_size
+        return [version.key(cs, i) for i in range(start // cs, (stop - 1) // cs + 1)]
+
+    @staticmethod
+    def _clip(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+        start = 0 if start is None else (max(size + start, 0) if start < 0 else start)
+        end = size if end is None else (max(size + end, 0) if end < 0 else end)
+        return min(start, size), min(end, size)
+
+    @staticmethod
+    def _assemble(
+        keys: list[ChunkKey], views: Sequence[memoryview], start: int, stop: int
+    ) -> bytes:
+        if stop <= start:
+            return b""
+        parts = [
+            view[max(start, k.start) - k.start : min(stop, k.stop) - k.start]
+            for k, view in zip(keys, views, strict=True)
+        ]
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    # -- reads ---------------------------------------------------------------
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        """Return the bytes of ``path`` in ``[start, end)``.
+
+        A fully cached range is served in the calling thread; only misses
+        cross into the event loop.
+        """
+        version = self._known_version(self._target_path(path))
+        if version is not None:
+            lo, hi = self._clip(version.size, start, end)
+            if hi <= lo:
+                return b""
+            keys = self._span_keys(version, lo, hi)
+            views = [self.router.get_cached(k) for k in keys]
+            if all(v is not None for v in views):
+                return self._assemble(keys, views, lo, hi)  # type: ignore[arg-type]
+        data: bytes = sync(
+            self.loop, self._cat_file, path, start=start, end=end, **kwargs
+        )
+        return data
+
+    async def _cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        version = await self._version(path)
+        lo, hi = self._clip(version.size, start, end)
+        if hi <= lo:
+            return b""
+        keys = self._span_keys(version, lo, hi)
+        views = await self.router.get_chunks(keys)
+        return self._assemble(keys, views, lo, hi)
+
+    async def _cat_ranges(
+        self,
+        paths: list[str],
+        starts: list[int | None] | int | None,
+        ends: list[int | None] | int | None,
+        max_gap: int | None = None,
+        batch_size: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[bytes | Exception]:
+        if not isinstance(paths, list):
+            raise TypeError("paths must be a list")
+        n = len(paths)
+        starts_l = starts if isinstance(starts, list) else [starts] * n
+        ends_l = ends if isinstance(ends, list) else [ends] * n
+        if len(starts_l) != n or len(ends_l) != n:
+            raise ValueError("paths, starts and ends must have the same length")
+
+        async def one(path: str, start: int | None, end: int | None) -> bytes:
+            return await self._cat_file(path, start, end)
+
+        # Chunks are single-flighted, so overlapping ranges fetch once; the
+        # router coalesces the adjacent misses that these reads start together.
+        results = await asyncio.gather(
+            *(one(p, s, e) for p, s, e in zip(paths, starts_l, ends_l, strict=True)),
+            return_exceptions=True,
+        )
+        out: list[bytes | Exception] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                if on_error == "raise" or not isinstance(r, Exception):
+                    raise r
+                out.append(r)
+            else:
+                out.append(r)
+        return out
+
+    async def _get_file(
+        self,
+        rpath: str,
+        lpath: str,
+        callback: Callback = DEFAULT_CALLBACK,
+        **kwargs: Any,
+    ) -> None:
+        if await self._isdir(rpath):
+            os.makedirs(lpath, exist_ok=True)
+            return
+        version = await self._version(rpath)
+        callback.set_size(version.size)
+        step = max(self.chunk_size, self.router.max_coalesce)
+        with open(lpath, "wb") as out:
+            for lo in range(0, version.size, step):
+                hi = min(lo + step, version.size)
+                keys = self._span_keys(version, lo, hi)
+                views = await self.router.get_chunks(keys)
+                await asyncio.to_thread(out.writelines, views)
+                callback.relative_update(hi - lo)
+
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if mode == "rb":
+            tpath = self._target_path(path)
+            version = self._known_version(tpath)
+            if version is None:
+                version = sync(self.loop, self._version, tpath)
+            return CachedFile(self, version)
+        if mode not in _WRITE_MODES:
+            raise ValueError(
+                f"mode={mode!r} is not supported by cachefs; "
+                "use 'rb', or 'wb'/'ab'/'xb' to write through to the target"
+            )
+        tpath = self._target_path(path)
+        inner = self.fs.open(
+            tpath, mode, block_size=block_size, autocommit=autocommit, **kwargs
+        )
+        return WriteThroughFile(inner, lambda: self.invalidate(tpath))
+
+    # -- metadata ------------------------------------------------------------
+
+    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        tpath = self._target_path(path)
+        cached = self._infos.get(tpath)
+        if cached is not None:
+            return dict(cached)
+        if self.metadata_ttl is None:
+            # Versions are trusted forever: a warmed cache answers for its
+            # files without the origin (which may be unreachable).
+            known = self.metadata.get(self.target_protocol, tpath)
+            if known is not None:
+                return {
+                    "name": tpath,
+                    "size": known.size,
+                    "type": "file",
+                    "version": known.token,
+                }
+        info: dict[str, Any] = await self.fetcher.info(tpath)
+        self._infos.put(tpath, info)
+        if info.get("type") != "directory" and info.get("size") is not None:
+            self._remember(tpath, info)
+        return dict(info)
+
+    def _remember(self, tpath: str, info: dict[str, Any]) -> None:
+        version = FileVersion(
+            self.target_protocol, tpath, int(info["size"]), version_token(info)
+        )
+        old = self.metadata.get(self.target_protocol, tpath)
+        self.metadata.put(version)
+        if old is not None and old != version:
+            # The origin changed: the old version's chunks are dead weight.
+            self.router.discard(self._span_keys(old, 0, old.size) if old.size else [])
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        tpath = self._target_path(path)
+        listing = self._listings.get(tpath)
+        if listing is None:
+            self.fetcher.stats.metadata_requests += 1
+            listing = await self.fetcher.call("ls", tpath, detail=True, **kwargs)
+            self._listings.put(tpath, listing)
+            for entry in listing:
+                # http listings carry no sizes: such entries are no info.
+                if entry.get("size") is not None or entry.get("type") == "directory":
+                    self._infos.put(entry["name"], entry)
+        if detail:
+            return [dict(e) for e in listing]
+        return [e["name"] for e in listing]
+
+    async def _find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        self.fetcher.stats.metadata_requests += 1
+        return await self.fetcher.call(
+            "find",
+            self._target_path(path),
+            maxdepth=maxdepth,
+            withdirs=withdirs,
+            **kwargs,
+        )
+
+    # -- writes (pass through, then invalidate) ------------------------------
+
+    async def _pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        tpath = self._target_path(path)
+        try:
+            await self.fetcher.call("pipe_file", tpath, value, **kwargs)
+        finally:
+            self.invalidate(tpath)
+
+    async def _put_file(
+        self,
+        lpath: str,
+        rpath: str,
+        callback: Callback = DEFAULT_CALLBACK,
+        **kwargs: Any,
+    ) -> None:
+        tpath = self._target_path(rpath)
+        try:
+            await self.fetcher.call(
+                "put_file", lpath, tpath, callback=callback, **kwargs
+            )
+        finally:
+            self.invalidate(tpath)
+
+    async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        tpath = self._target_path(path2)
+        try:
+            await self.fetcher.call(
+                "cp_file", self._target_path(path1), tpath, **kwargs
+            )
+        finally:
+            self.invalidate(tpath)
+
+    async def _rm_file(self, path: str, **kwargs: Any) -> None:
+        tpath = self._target_path(path)
+        try:
+            await self.fetcher.call("rm_file", tpath, **kwargs)
+        finally:
+            self.invalidate(tpath)
+
+    async def _rm(
+        self,
+        path: str | list[str],
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        paths = path if isinstance(path, list) else [path]
+        tpaths = [self._target_path(p) for p in paths]
+        try:
+            await self.fetcher.call(
+                "rm", tpaths, recursive=recursive, maxdepth=maxdepth
+            )
+        finally:
+            for tpath in tpaths:
+                self.invalidate(tpath, recursive=True)
+
+    async def _mkdir(
+        self, path: str, create_parents: bool = True, **kwargs: Any
+    ) -> None:
+        self._listings.clear()
+        await self.fetcher.call(
+            "mkdir", self._target_path(path), create_parents=create_parents, **kwargs
+        )
+
+    async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self._listings.clear()
+        await self.fetcher.call("makedirs", self._target_path(path), exist_ok=exist_ok)
+
+    async def _rmdir(self, path: str) -> None:
+        self.invalidate(path, recursive=True)
+        await self.fetcher.call("rmdir", self._target_path(path))
+
+    def mv(
+        self, path1: Any, path2: Any, recursive: bool = False, **kwargs: Any
+    ) -> None:
+        """Move on the target, then invalidate both sides."""
+        try:
+            self.fs.mv(
+                self._strip_protocol(path1),
+                self._strip_protocol(path2),
+                recursive=recursive,
+                **kwargs,
+            )
+        finally:
+            for p in (path1, path2):
+                for one in p if isinstance(p, list) else [p]:
+                    self.invalidate(one, recursive=True)
+
+    def invalidate(self, path: str, recursive: bool = False) -> None:
+        """Forget what the cache holds for ``path``.
+
+        Drops metadata, listings and the chunks of the known version; with
+        ``recursive``, also of every known path below it.
+        """
+        tpath = self._target_path(path)
+        self._infos.clear()
+        self._listings.clear()
+        paths = [tpath]
+        if recursive:
+            prefix = tpath.rstrip("/") + "/"
+            paths += [
+                p
+                for p in self.metadata.known_paths(self.target_protocol)
+                if p.startswith(prefix)
+            ]
+        for p in paths:
+            old = self.metadata.drop(self.target_protocol, p)
+            if old is not None and old.size:
+                self.router.discard(self._span_keys(old, 0, old.size))
+
+    # -- cache introspection -------------------------------------------------
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Return counters per tier and for the origin.
+
+        Returns
+        -------
+        dict
+            ``{"ram": {...}, "disk": {...}, "origin": {...}, "router": {...}}``;
+            each tier entry has ``hits``, ``misses``, ``hit_bytes``, ``puts``,
+            ``put_bytes``, ``rejected``, ``evictions``, ``evicted_bytes``,
+            ``checksum_failures``, ``usage``, ``limit`` and ``chunks``; the
+            origin entry has ``requests``, ``bytes``, ``retries``, ``errors``
+            and ``metadata_requests``.
+        """
+        out: dict[str, Any] = {}
+        ram = self.router.ram
+        if ram is not None:
+            out["ram"] = {
+                **ram.stats.as_dict(),
+                "usage": ram.usage(),
+                "limit": ram.limit,
+                "chunks": len(ram),
+            }
+        if self.router.disks:
+            disk: dict[str, Any] = {}
+            for d in self.router.disks:
+                for name, value in d.stats.as_dict().items():
+                    disk[name] = disk.get(name, 0) + value
+            disk["usage"] = sum(d.usage() for d in self.router.disks)
+            disk["limit"] = sum(d.limit for d in self.router.disks)
+            disk["dirs"] = [str(d.root) for d in self.router.disks]
+            out["disk"] = disk
+        out["origin"] = self.fetcher.stats.as_dict()
+        out["router"] = self.router.stats.as_dict()
+        return out
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Block until every fetch in flight is stored in its tiers.
+
+        Reads return as soon as their bytes arrive; storing them on disk
+        finishes in the background. Call this before handing the cache
+        directory to another process that must find everything there.
+        """
+        sync(self.loop, self.router.drain, timeout=timeout)
+
+    def clear_cache(self) -> None:
+        """Drop every cached chunk and all metadata (RAM and disk)."""
+        if self.router.ram is not None:
+            self.router.ram.clear()
+        for d in self.router.disks:
+            d.clear()
+        self._infos.clear()
+        self._listings.clear()
+        for p in list(self.metadata.known_paths(self.target_protocol)):
+            self.metadata.drop(self.target_protocol, p)

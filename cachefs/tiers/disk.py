@@ -1,0 +1,447 @@
+"""The per-node disk tier: checksummed chunk files shared by processes.
+
+Layout under the tier's root (created 0700)::
+
+    chunks/<d[:2]>/<digest>   one file per chunk: header + payload
+    tmp/                      files being written; renamed into chunks/
+    locks/<d[:4]>             flock stripes for cross-process single-flight
+    usage                     the node-wide byte counter (flock-guarded)
+
+A chunk file becomes visible only complete (written under ``tmp/``, then
+hard-linked into place), carries a CRC32C of its payload and is verified the
+first time a process maps it; a damaged file is removed and counted, never
+served. Hits are ``mmap`` slices: no copy, no system call after the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import secrets
+import stat
+import struct
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import crc32c
+
+from cachefs.chunks import ChunkKey
+from cachefs.policy import DiskEntry, EvictionPolicy
+from cachefs.tiers.base import TierStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["CHUNK_HEADER", "DiskTier", "StripeLock"]
+
+log = logging.getLogger(__name__)
+
+#: magic, format version, codec id, flags, crc32c, payload length, stored length
+CHUNK_HEADER = struct.Struct("<4sBBHIQQ4x")
+_MAGIC = b"CFSC"
+_FORMAT = 1
+_CODEC_NONE = 0
+# Evict down to this fraction of the budget, so scans are amortised.
+_LOW_WATERMARK = 0.95
+# A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
+_TOUCH_INTERVAL = 5.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _secure_dir(path: Path) -> None:
+    """Create ``path`` owner-only, refusing a symlink in its place."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(
+            f"cache_dir {str(path)!r} is not a plain directory (symlink refused)"
+        )
+
+
+class StripeLock:
+    """An exclusive ``flock`` on one of the tier's lock stripes.
+
+    Chunks whose digests share a 4-hex-digit prefix share a stripe; a process
+    fetching a chunk holds its stripe until the chunk is published, so other
+    processes wait instead of fetching it again. The kernel drops the lock if
+    the holder dies.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; return whether it was taken."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+
+class DiskTier:
+    """Chunk files in one cache directory, budgeted across processes.
+
+    Parameters
+    ----------
+    root
+        The tier's directory; created owner-only if missing.
+    limit
+        Byte budget for this directory, kept across all processes using it.
+    policy
+        Eviction policy; ranks the scanned entries when over budget.
+    max_maps
+        How many chunk mappings this process keeps open.
+    """
+
+    name = "disk"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        limit: int,
+        policy: EvictionPolicy,
+        *,
+        max_maps: int = 1024,
+    ) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.limit = limit
+        self.policy = policy
+        self.stats = TierStats()
+        self.max_maps = max_maps
+        for sub in ("", "chunks", "tmp", "locks"):
+            _secure_dir(self.root / sub if sub else self.root)
+        self._chunks = self.root / "chunks"
+        self._tmp = self.root / "tmp"
+        self._locks = self.root / "locks"
+        self._usage_path = self.root / "usage"
+        self._maps: OrderedDict[str, tuple[memoryview, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._full_warned = False
+        self._clean_tmp()
+
+    # -- reads ---------------------------------------------------------------
+
+    def path_for(self, digest: str) -> Path:
+        """Return where the chunk named ``digest`` lives."""
+        return self._chunks / digest[:2] / digest
+
+    def get(self, key: ChunkKey) -> memoryview | None:
+        """Return a view of the chunk's payload, or ``None``."""
+        digest = key.digest
+        entry = self._maps.get(digest)
+        if entry is not None:
+            view, touched = entry
+            now = time.monotonic()
+            if now - touched > _TOUCH_INTERVAL:
+                self._touch(digest, now)
+            with contextlib.suppress(KeyError):
+                self._maps.move_to_end(digest)
+            self.stats.hits += 1
+            self.stats.hit_bytes += view.nbytes
+            return view
+        loaded = self._map(digest, key.length)
+        if loaded is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        self.stats.hit_bytes += loaded.nbytes
+        return loaded
+
+    def contains(self, key: ChunkKey) -> bool:
+        """Return whether a file exists for ``key`` (not verified)."""
+        return key.digest in self._maps or self.path_for(key.digest).exists()
+
+    def _map(self, digest: str, expected: int) -> memoryview | None:
+        path = self.path_for(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._drop_damaged(path, "is a symlink")
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < CHUNK_HEADER.size:
+                self._drop_damaged(path, "is truncated")
+                return None
+            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        view = memoryview(mapped)
+        magic, fmt, codec, _flags, crc, length, stored = CHUNK_HEADER.unpack_from(view)
+        payload = view[CHUNK_HEADER.size :]
+        if (
+            magic != _MAGIC
+            or fmt != _FORMAT
+            or codec != _CODEC_NONE
+            or stored != payload.nbytes
+            or length != expected
+            or crc32c.crc32c(payload) != crc
+        ):
+            payload.release()
+            view.release()
+            mapped.close()
+            self._drop_damaged(path, "failed its checksum")
+            return None
+        now = time.monotonic()
+        self._touch(digest, now)
+        with self._lock:
+            self._maps[digest] = (payload, now)
+            while len(self._maps) > self.max_maps:
+                # The mapping closes once no consumer holds a view of it.
+                self._maps.popitem(last=False)
+        return payload
+
+    def _touch(self, digest: str, now: float) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.path_for(digest))
+        entry = self._maps.get(digest)
+        if entry is not None:
+            self._maps[digest] = (entry[0], now)
+
+    def _drop_damaged(self, path: Path, why: str) -> None:
+        self.stats.checksum_failures += 1
+        log.warning("cachefs: dropping chunk file %s: it %s", path, why)
+        try:
+            size = os.lstat(path).st_size
+            os.unlink(path)
+        except OSError:
+            return
+        self._adjust_usage(-size)
+
+    # -- writes --------------------------------------------------------------
+
+    def put(self, key: ChunkKey, data: Buffer) -> bool:
+        """Write the chunk atomically; return whether it is now stored.
+
+        A full disk is not an error for the reader: the chunk is not stored,
+        a warning is issued once, and reads go on from the origin.
+        """
+        payload = memoryview(data).cast("B")
+        size = CHUNK_HEADER.size + payload.nbytes
+        if not self.policy.admit(size, self.usage(), self.limit):
+            self.stats.rejected += 1
+            return False
+        digest = key.digest
+        final = self.path_for(digest)
+        header = CHUNK_HEADER.pack(
+            _MAGIC,
+            _FORMAT,
+            _CODEC_NONE,
+            0,
+            crc32c.crc32c(payload),
+            payload.nbytes,
+            payload.nbytes,
+        )
+        tmp = self._tmp / f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            self._write_new(tmp, header, payload)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                # link() publishes only if absent: a concurrent writer of the
+                # same chunk cannot make us count its bytes twice.
+                os.link(tmp, final, follow_symlinks=False)
+                published = True
+            except FileExistsError:
+                published = False
+        except OSError as exc:
+            self._unlink_quietly(tmp)
+            self.stats.rejected += 1
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._warn_full(exc)
+                return False
+            raise
+        self._unlink_quietly(tmp)
+        if published:
+            self.stats.puts += 1
+            self.stats.put_bytes += payload.nbytes
+            self._adjust_usage(size)
+        return True
+
+    def _write_new(self, path: Path, header: bytes, payload: memoryview) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        fd = os.open(path, flags, 0o600)
+        try:
+            todo = [memoryview(header), payload]
+            while todo:
+                written = os.writev(fd, todo)
+                while todo and written >= todo[0].nbytes:
+                    written -= todo[0].nbytes
+                    todo.pop(0)
+                if todo and written:
+                    todo[0] = todo[0][written:]
+        finally:
+            os.close(fd)
+
+    def _warn_full(self, exc: OSError) -> None:
+        if not self._full_warned:
+            self._full_warned = True
+            warnings.warn(
+                f"cachefs: cache_dir {str(self.root)!r} is full ({exc.strerror}); "
+                "reading on without caching to it",
+                ResourceWarning,
+                stacklevel=3,
+            )
+
+    def discard(self, key: ChunkKey) -> None:
+        """Remove the chunk's file if present."""
+        digest = key.digest
+        with self._lock:
+            self._maps.pop(digest, None)
+        path = self.path_for(digest)
+        try:
+            size = os.lstat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        self._adjust_usage(-size)
+
+    def clear(self) -> None:
+        """Remove every chunk file (other processes simply refetch)."""
+        with self._lock:
+            self._maps.clear()
+        with self._usage_locked() as fd:
+            for entry in self._scan():
+                self._unlink_quietly(self.path_for(entry.name))
+            self._write_usage(fd, 0)
+
+    # -- budget --------------------------------------------------------------
+
+    def usage(self) -> int:
+        """Return the node-wide bytes this directory holds (from the counter)."""
+        try:
+            with open(self._usage_path, "rb") as fh:
+                raw = fh.read(8)
+        except FileNotFoundError:
+            return 0
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._scan())
+
+    def _adjust_usage(self, delta: int) -> None:
+        with self._usage_locked() as fd:
+            raw = os.pread(fd, 8, 0)
+            if len(raw) == 8:
+                usage = int.from_bytes(raw, "little") + delta
+            else:
+                usage = sum(e.size for e in self._scan())
+            if usage > self.limit:
+                usage = self._evict_locked()
+            self._write_usage(fd, max(usage, 0))
+
+    @contextlib.contextmanager
+    def _usage_locked(self) -> Iterator[int]:
+        # A fresh descriptor per use: flock is per open file description, so
+        # a descriptor inherited across fork would not exclude the parent.
+        fd = os.open(self._usage_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _write_usage(fd: int, usage: int) -> None:
+        os.pwrite(fd, usage.to_bytes(8, "little"), 0)
+
+    def _evict_locked(self) -> int:
+        """Evict to the low watermark; return the true usage afterwards."""
+        entries = list(self._scan())
+        usage = sum(e.size for e in entries)
+        if usage <= self.limit:
+            return usage  # the counter had drifted; the scan is the truth
+        target = int(self.limit * _LOW_WATERMARK)
+        for entry in self.policy.rank(entries):
+            if usage <= target:
+                break
+            with self._lock:
+                self._maps.pop(entry.name, None)
+            if self._unlink_quietly(self.path_for(entry.name)):
+                usage -= entry.size
+                self.stats.evictions += 1
+                self.stats.evicted_bytes += entry.size
+        return usage
+
+    def _scan(self) -> Iterator[DiskEntry]:
+        try:
+            shards = list(os.scandir(self._chunks))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError), os.scandir(shard) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield DiskEntry(entry.name, st.st_size, st.st_mtime)
+
+    # -- cross-process single flight -----------------------------------------
+
+    def stripe_lock(self, key: ChunkKey) -> StripeLock:
+        """Return the (unacquired) cross-process lock for ``key``'s stripe."""
+        return StripeLock(self._locks / key.digest[:4])
+
+    # -- housekeeping --------------------------------------------------------
+
+    @staticmethod
+    def _unlink_quietly(path: Path) -> bool:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _clean_tmp(self) -> None:
+        """Remove temporary files left by processes that died mid-write."""
+        try:
+            names = os.listdir(self._tmp)
+        except FileNotFoundError:
+            return
+        for name in names:
+            parts = name.split(".")
+            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                continue
+            self._unlink_quietly(self._tmp / name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,108 @@
+"""The per-process RAM tier: a dict of read-only memoryviews."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from cachefs.chunks import ChunkKey
+from cachefs.policy import EvictionPolicy
+from cachefs.tiers.base import TierStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["RamTier"]
+
+
+class RamTier:
+    """Chunks held in this process's memory under a byte budget.
+
+    A hit is a dict lookup that returns the stored view itself: no copy.
+    Views stay valid after eviction (the consumer's reference keeps the bytes
+    alive); eviction only drops the tier's reference.
+
+    Parameters
+    ----------
+    limit
+        Byte budget (> 0).
+    policy
+        The eviction policy instance for this tier.
+    """
+
+    name = "ram"
+
+    def __init__(self, limit: int, policy: EvictionPolicy) -> None:
+        self.limit = limit
+        self.policy = policy
+        self.stats = TierStats()
+        self._entries: dict[ChunkKey, memoryview] = {}
+        self._usage = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: ChunkKey) -> memoryview | None:
+        """Return the chunk's view, or ``None``."""
+        view = self._entries.get(key)
+        if view is None:
+            self.stats.misses += 1
+            return None
+        self.policy.accessed(key)
+        self.stats.hits += 1
+        self.stats.hit_bytes += view.nbytes
+        return view
+
+    def put(self, key: ChunkKey, data: Buffer) -> bool:
+        """Store ``data`` (not copied) under ``key`` if the policy admits it."""
+        view = memoryview(data).cast("B").toreadonly()
+        size = view.nbytes
+        with self._lock:
+            if key in self._entries:
+                return True
+            if not self.policy.admit(size, self._usage, self.limit):
+                self.stats.rejected += 1
+                return False
+            if self._usage + size > self.limit:
+                for victim in self.policy.victims():
+                    self._remove(victim, evicted=True)
+                    if self._usage + size <= self.limit:
+                        break
+            if self._usage + size > self.limit:
+                self.stats.rejected += 1
+                return False
+            self._entries[key] = view
+            self._usage += size
+            self.policy.inserted(key)
+            self.stats.puts += 1
+            self.stats.put_bytes += size
+        return True
+
+    def discard(self, key: ChunkKey) -> None:
+        """Drop ``key`` if held."""
+        with self._lock:
+            self._remove(key, evicted=False)
+
+    def clear(self) -> None:
+        """Drop every chunk."""
+        with self._lock:
+            for key in list(self._entries):
+                self._remove(key, evicted=False)
+
+    def usage(self) -> int:
+        """Return the bytes held."""
+        return self._usage
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def _remove(self, key: object, *, evicted: bool) -> None:
+        view = self._entries.pop(key, None)  # type: ignore[call-overload]
+        self.policy.removed(key)
+        if view is None:
+            return
+        self._usage -= view.nbytes
+        if evicted:
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += view.nbytes

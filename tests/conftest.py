@@ -1,0 +1,49 @@
+"""Shared fixtures: a real HTTP origin on loopback and cache factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.origin import HTTPOrigin, make_shards
+from cachefs import CacheFileSystem
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="session")
+def shard_files() -> dict[str, bytes]:
+    """Four 3 MiB + 12345-byte shards: sizes that do not divide by chunks."""
+    return make_shards(4, 3 * MiB + 12345, seed=7)
+
+
+@pytest.fixture
+def origin(shard_files: dict[str, bytes]) -> Iterator[HTTPOrigin]:
+    """A fresh HTTP origin (port 0) serving ``shard_files``."""
+    with HTTPOrigin(files=dict(shard_files)) as server:
+        yield server
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def make_fs(cache_dir: Path) -> Callable[..., CacheFileSystem]:
+    """Build a ``CacheFileSystem`` over http with small chunks by default."""
+
+    def make(**kwargs: Any) -> CacheFileSystem:
+        options: dict[str, Any] = {
+            "target_protocol": "http",
+            "cache_dir": str(cache_dir),
+            "chunk_size": "1MiB",
+            "skip_instance_cache": True,
+        }
+        options.update(kwargs)
+        return CacheFileSystem(**options)
+
+    return make
