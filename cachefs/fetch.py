@@ -140,7 +140,6 @@ class Fetcher:
 
     async def info(self, path: str) -> dict[str, Any]:
         """Return the target's ``info`` for ``path`` (retried, mapped)."""
-
         sem, _ = self._caps()
 
         async def once() -> dict[str, Any]:

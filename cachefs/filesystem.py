@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import io
 import os
 import weakref
 from collections.abc import Sequence
@@ -443,9 +444,15 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
                 "use 'rb', or 'wb'/'ab'/'xb' to write through to the target"
             )
         tpath = self._target_path(path)
-        inner = self.fs.open(
-            tpath, mode, block_size=block_size, autocommit=autocommit, **kwargs
-        )
+        try:
+            inner = self.fs.open(
+                tpath, mode, block_size=block_size, autocommit=autocommit, **kwargs
+            )
+        except NotImplementedError as exc:
+            raise io.UnsupportedOperation(
+                f"mode={mode!r}: the {self.target_protocol} target cannot open "
+                f"{tpath} for writing"
+            ) from exc
         return WriteThroughFile(inner, lambda: self.invalidate(tpath))
 
     # -- metadata ------------------------------------------------------------

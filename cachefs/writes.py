@@ -47,7 +47,8 @@ class WriteThroughFile(io.RawIOBase):
         return memoryview(data).nbytes if written is None else int(written)
 
     def flush(self) -> None:  # noqa: D102
-        if not self.closed:
+        # IOBase.close() flushes after the inner file is already closed.
+        if not self.closed and not getattr(self._inner, "closed", False):
             self._inner.flush()
 
     def tell(self) -> int:  # noqa: D102

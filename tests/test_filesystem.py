@@ -136,9 +136,10 @@ def test_random_reads_are_byte_exact(origin, make_fs, tmp_path_factory, reads, r
             assert bytes(buf[:n]) == data[offset : offset + length]
             f.seek(offset)
             assert bytes(f.read_view(length)) == data[offset : offset + length]
-            assert fs.cat_file(url, offset, offset + length) == data[
-                offset : offset + length
-            ]
+            assert (
+                fs.cat_file(url, offset, offset + length)
+                == data[offset : offset + length]
+            )
 
 
 def test_read_view_is_zero_copy_inside_a_chunk(origin, shard_files, make_fs):
@@ -320,7 +321,9 @@ def test_tiers_off(origin, shard_files, make_fs, cache_dir):
     assert not cache_dir.exists()
 
 
-def test_sync_target_is_offloaded(tmp_path: Path, make_fs: Callable[..., CacheFileSystem]):
+def test_sync_target_is_offloaded(
+    tmp_path: Path, make_fs: Callable[..., CacheFileSystem]
+):
     src = tmp_path / "src.bin"
     data = os.urandom(3 * MiB + 7)
     src.write_bytes(data)

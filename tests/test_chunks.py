@@ -1,0 +1,62 @@
+"""Chunk keys, versions, spans and size parsing."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachefs.chunks import ChunkKey, FileVersion, chunk_spans, parse_size, version_token
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (0, 0),
+        (4096, 4096),
+        ("4096", 4096),
+        ("512MiB", 512 * 2**20),
+        ("2GiB", 2 * 2**30),
+        ("2gib", 2 * 2**30),
+        ("1.5 MiB", 3 * 2**19),
+        ("10MB", 10_000_000),
+        ("3k", 3000),
+        ("1TiB", 2**40),
+    ],
+)
+def test_parse_size(text, value):
+    assert parse_size(text, "x") == value
+
+
+@given(st.integers(0, 1 << 40), st.integers(1, 1 << 24))
+def test_spans_cover_the_range_exactly(start, length):
+    chunk = 1 << 20
+    stop = start + length
+    spans = list(chunk_spans(start, stop, chunk))
+    assert sum(s.stop - s.start for s in spans) == length
+    assert spans[0].index * chunk + spans[0].start == start
+    assert spans[-1].index * chunk + spans[-1].stop == stop
+    for a, b in zip(spans, spans[1:], strict=False):
+        assert b.index == a.index + 1 and a.stop == chunk and b.start == 0
+
+
+def test_version_token_prefers_etag_then_size_mtime():
+    assert version_token({"size": 3, "ETag": '"abc"', "mtime": 1.0}) == 'ETag:"abc"'
+    assert version_token({"size": 3, "mtime": 1.5}) == "size:3:mtime:1.5"
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    assert "2026-01-02" in version_token({"size": 3, "LastModified": when})
+    assert version_token({"size": 3}) == "size:3"
+
+
+def test_keys_name_the_version_and_are_digests():
+    v1 = FileVersion("http", "http://h/a", 10, "ETag:1")
+    v2 = FileVersion("http", "http://h/a", 10, "ETag:2")
+    k1, k2 = v1.key(4, 2), v2.key(4, 2)
+    assert k1 != k2 and k1.digest != k2.digest  # a new version has new keys
+    assert k1 == ChunkKey(v1, 4, 2) and hash(k1) == hash(ChunkKey(v1, 4, 2))
+    assert len(k1.digest) == 40 and "/" not in k1.digest and "h" not in k1.digest[:0]
+    assert (k1.start, k1.stop, k1.length) == (8, 10, 2)  # the short last chunk
+    assert v1.chunk_count(4) == 3
+    assert v1.key(8, 0).digest != v1.key(4, 0).digest  # chunk size is in the key
