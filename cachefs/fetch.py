@@ -184,6 +184,39 @@ class Fetcher:
 
         return await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
 
+    async def fetch_with_info(
+        self, path: str, start: int, stop: int
+    ) -> tuple[dict[str, Any], bytes]:
+        """Return ``path``'s info and its bytes ``[start, stop)`` (clipped).
+
+        Over HTTP this is one ranged GET: the response's ``Content-Range``
+        and ``ETag`` carry the size and version, so opening a file costs no
+        separate HEAD round trip. Other targets ask ``info`` first.
+        """
+        if not _is_http(self.target):
+            info = await self.info(path)
+            if info.get("type") == "directory" or info.get("size") is None:
+                return info, b""
+            size = int(info["size"])
+            lo, hi = min(start, size), min(stop, size)
+            return info, (await self.fetch(path, lo, hi) if hi > lo else b"")
+        sem, budget = self._caps()
+
+        async def once() -> tuple[dict[str, Any], bytes]:
+            async with sem:
+                held = await budget.acquire(stop - start)
+                try:
+                    self.stats.requests += 1
+                    info, body = await self._with_timeout(
+                        _http_get_range(self.target, path, start, stop)
+                    )
+                finally:
+                    await budget.release(held)
+            self.stats.bytes += len(body)
+            return info, body
+
+        return await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
+
     async def _with_timeout(self, coro: Awaitable[T]) -> T:
         if self.timeout is None:
             return await coro
@@ -213,3 +246,41 @@ class Fetcher:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_http(target: AbstractFileSystem) -> bool:
+    from fsspec.implementations.http import HTTPFileSystem
+
+    return isinstance(target, HTTPFileSystem)
+
+
+async def _http_get_range(
+    target: Any, url: str, start: int, stop: int
+) -> tuple[dict[str, Any], bytes]:
+    """One ranged GET through fsspec's HTTP session; info from its headers."""
+    kwargs = dict(target.kwargs)
+    headers = dict(kwargs.pop("headers", None) or {})
+    headers["Range"] = f"bytes={start}-{stop - 1}"
+    session = await target.set_session()
+    async with session.get(target.encode_url(url), headers=headers, **kwargs) as r:
+        if r.status == 404:
+            raise FileNotFoundError(url)
+        if r.status == 416:  # the range starts past the end
+            size = int(r.headers.get("Content-Range", "*/0").rpartition("/")[2])
+            body = b""
+        else:
+            r.raise_for_status()
+            body = await r.read()
+            if r.status == 206:
+                size = int(r.headers["Content-Range"].rpartition("/")[2])
+            else:  # the server ignored the range and sent everything
+                size = len(body)
+                body = body[start:stop]
+    want = max(0, min(stop, size) - start)
+    if len(body) != want:
+        raise ShortReadError(f"origin returned {len(body)} bytes for {want}")
+    info: dict[str, Any] = {"name": url, "size": size, "type": "file"}
+    for field in ("ETag", "Last-Modified"):
+        if r.headers.get(field):
+            info[field] = r.headers[field]
+    return info, body

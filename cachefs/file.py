@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.asyn import sync
 
 from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.prefetch import ReadaheadWindow
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -50,6 +51,11 @@ class CachedFile(io.RawIOBase):
         self._router = fs.router
         self._pos = 0
         self._keys: dict[int, ChunkKey] = {}
+        self._window: ReadaheadWindow | None = None
+        if fs.readahead and self._router.staging is not None:
+            self._window = ReadaheadWindow(self.chunk_size, fs.readahead)
+        self._ra_frontier = -1
+        self._ra_issued: list[ChunkKey] = []
 
     # -- io.RawIOBase --------------------------------------------------------
 
@@ -96,6 +102,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return b""
+        if self._window is not None:
+            self._read_ahead(pos, stop)
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:  # the common case: inside one chunk
@@ -120,6 +128,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return 0
+        if self._window is not None:
+            self._read_ahead(pos, stop)
         self._copy_range(pos, stop, out)
         self._pos = stop
         return stop - pos
@@ -136,6 +146,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return memoryview(b"")
+        if self._window is not None:
+            self._read_ahead(pos, stop)
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:
@@ -149,7 +161,15 @@ class CachedFile(io.RawIOBase):
         return view
 
     def close(self) -> None:
-        """Close the file; further reads raise ``ValueError``."""
+        """Close the file and cancel its pending readahead.
+
+        Further reads raise ``ValueError``.
+        """
+        if self._ra_issued and self._router.loop is not None and not self.closed:
+            keys, self._ra_issued = self._ra_issued, []
+            loop = self._router.loop
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._router.abandon, keys)
         self._keys.clear()
         super().close()
 
@@ -166,6 +186,26 @@ class CachedFile(io.RawIOBase):
         return _reopen, (self.fs, self.path, self._pos)
 
     # -- chunk access --------------------------------------------------------
+
+    def _read_ahead(self, start: int, stop: int) -> None:
+        """Grow or reset the window and schedule chunks beyond ``stop``."""
+        assert self._window is not None
+        cs = self.chunk_size
+        ahead = self._window.advance(start, stop)
+        if not ahead:
+            self._ra_frontier = (stop - 1) // cs
+            return
+        last = min(stop + ahead, self.size)
+        if last <= stop:
+            return
+        last_index = (last - 1) // cs
+        if last_index <= self._ra_frontier:
+            return
+        first_index = max(stop // cs, self._ra_frontier + 1)
+        keys = [self._key(i) for i in range(first_index, last_index + 1)]
+        self._ra_frontier = last_index
+        self._ra_issued.extend(keys)
+        self._router.readahead_soon(keys)
 
     def _check_open(self) -> None:
         if self.closed:

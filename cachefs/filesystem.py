@@ -29,6 +29,7 @@ from cachefs.fetch import Fetcher
 from cachefs.file import CachedFile
 from cachefs.metadata import MetadataCache, TTLCache
 from cachefs.policy import EvictionPolicy, make_policy
+from cachefs.prefetch import PrefetchHandle, PrefetchItem, Staging
 from cachefs.router import ChunkRouter
 from cachefs.tiers.disk import DiskTier
 from cachefs.tiers.ram import RamTier
@@ -51,6 +52,18 @@ def _drain_at_exit() -> None:
             with contextlib.suppress(Exception):
                 fs.wait_idle(timeout=_EXIT_DRAIN_SECONDS)
 
+
+def _after_fork_in_child() -> None:
+    # Locks another thread held at fork would never be released in the
+    # child; the parent's fetches, loop and sessions are not the child's.
+    for ref in list(_LIVE.values()):
+        fs = ref()
+        if fs is not None:
+            fs._forked = True
+            fs.router.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _WRITE_MODES = frozenset({"wb", "ab", "xb"})
 
@@ -122,6 +135,15 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         Times a transient origin fault is retried before a read fails.
     request_timeout
         Seconds one origin request may take; ``None`` for no limit.
+    readahead
+        Largest readahead window of a sequential reader (it starts at one
+        chunk and doubles with each sequential read); ``0`` turns it off.
+    prefetch_limit
+        Bytes fetched ahead (readahead and :meth:`prefetch`) and not yet
+        read, at most; ``0`` turns prefetching off.
+    prefetch_hold
+        Seconds a prefetched chunk is held for its reader before its budget
+        may be reclaimed.
     **kwargs
         Passed to :class:`fsspec.asyn.AsyncFileSystem` (``asynchronous``,
         ``loop``, ...).
@@ -153,6 +175,9 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         max_coalesce: int | str = "16MiB",
         retries: int = 4,
         request_timeout: float | None = 60.0,
+        readahead: int | str = "64MiB",
+        prefetch_limit: int | str = "256MiB",
+        prefetch_hold: float = 30.0,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
@@ -184,12 +209,21 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             retries=retries,
             timeout=timeout,
         )
+        self.readahead = parse_size(readahead, "readahead")
+        limit = parse_size(prefetch_limit, "prefetch_limit")
+        hold = _check_seconds(prefetch_hold, "prefetch_hold", allow_none=False)
+        assert hold is not None
         self.router = ChunkRouter(
             ram,
             disks,
             self.fetcher,
             max_coalesce=parse_size(max_coalesce, "max_coalesce", allow_zero=False),
+            staging=Staging(limit, hold) if limit else None,
         )
+        self._forked = False
+        self._handles: weakref.WeakSet[PrefetchHandle] = weakref.WeakSet()
+        if not self.asynchronous:
+            self.router.loop = self.loop
         self.metadata = MetadataCache(
             self.metadata_ttl, disks[0].root / "meta" if disks else None
         )
@@ -260,6 +294,34 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             if not isinstance(item, str | os.PathLike) or not os.fspath(item):
                 raise TypeError(f"cache_dir entries must be paths, got {item!r}")
         return [Path(os.fspath(item)).expanduser().absolute() for item in items]
+
+    # -- event loop and fork -------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that runs fetches (renewed in a forked child)."""
+        if self._pid != os.getpid():
+            self._reinit_after_fork()
+        loop: asyncio.AbstractEventLoop = self._loop
+        return loop
+
+    def _reinit_after_fork(self) -> None:
+        # DataLoader workers fork: the child gets fsspec's new loop and a
+        # fresh target (its sessions belonged to the parent's loop).
+        self._pid = os.getpid()
+        self._loop = fsspec.asyn.get_loop()
+        target = self.fs
+        if getattr(target, "async_impl", False):
+            options = dict(target.storage_options)
+            if "loop" in options:
+                options["loop"] = self._loop
+            options["skip_instance_cache"] = True
+            self.fs = type(target)(*target.storage_args, **options)
+            self.fetcher.target = self.fs
+        if not self._forked:
+            self.router.after_fork()
+        self._forked = False
+        self.router.loop = self._loop
 
     # -- paths ---------------------------------------------------------------
 
@@ -357,13 +419,39 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
-        version = await self._version(path)
+        tpath = self._target_path(path)
+        version = self._known_version(tpath)
+        if version is None:
+            if start is not None and start < 0:
+                version = await self._version(tpath)
+            else:
+                # Learn size and version from the first ranged read itself.
+                first = (start or 0) // self.chunk_size * self.chunk_size
+                span = self.router.max_coalesce
+                if end is not None and end >= 0:
+                    span = min(span, max(end - first, 1))
+                version = await self._resolve_span(tpath, first, span)
         lo, hi = self._clip(version.size, start, end)
         if hi <= lo:
             return b""
         keys = self._span_keys(version, lo, hi)
         views = await self.router.get_chunks(keys)
         return self._assemble(keys, views, lo, hi)
+
+    async def _resolve_span(self, tpath: str, start: int, length: int) -> FileVersion:
+        """Learn ``tpath``'s version with a read of ``[start, start+length)``.
+
+        Over HTTP this is one ranged GET; the whole chunks it returns are
+        cached like any fill. Elsewhere it is an ``info`` call.
+        """
+        cs = self.chunk_size
+        stop = start + max(cs, -(-length // cs) * cs)
+        info, data = await self.fetcher.fetch_with_info(tpath, start, stop)
+        self._infos.put(tpath, info)
+        version = self._version_from_info(tpath, info)
+        if data:
+            await self.router.adopt(version, cs, start, data)
+        return version
 
     async def _cat_ranges(
         self,
@@ -436,7 +524,13 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             tpath = self._target_path(path)
             version = self._known_version(tpath)
             if version is None:
-                version = sync(self.loop, self._version, tpath)
+                if self.readahead:
+                    # The first chunk comes with the size: no HEAD round trip.
+                    version = sync(
+                        self.loop, self._resolve_span, tpath, 0, self.chunk_size
+                    )
+                else:
+                    version = sync(self.loop, self._version, tpath)
             return CachedFile(self, version)
         if mode not in _WRITE_MODES:
             raise ValueError(
@@ -664,9 +758,70 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             disk["limit"] = sum(d.limit for d in self.router.disks)
             disk["dirs"] = [str(d.root) for d in self.router.disks]
             out["disk"] = disk
+        if self.router.staging is not None:
+            out["prefetch"] = self.router.staging.stats.as_dict()
         out["origin"] = self.fetcher.stats.as_dict()
         out["router"] = self.router.stats.as_dict()
         return out
+
+    # -- prefetch -------------------------------------------------------------
+
+    def prefetch(self, items: Sequence[PrefetchItem]) -> PrefetchHandle:
+        """Fetch whole files or byte ranges ahead of their reader, in order.
+
+        Parameters
+        ----------
+        items
+            Paths (whole files) or ``(path, start, end)`` tuples, in the
+            order they will be read (a data loader's epoch order).
+
+        Returns
+        -------
+        PrefetchHandle
+            Wait on it (``wait``), inspect it (``progress``, ``failed``) or
+            ``cancel`` it. Fetched chunks are held for their reader under
+            ``prefetch_limit``, so a long list streams through. Failures are
+            logged and recorded on the handle, never raised in another
+            thread.
+        """
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise TypeError(
+                "prefetch takes a list of paths or (path, start, end) tuples"
+            )
+        if self.router.staging is None:
+            raise ValueError("prefetch is off (prefetch_limit=0)")
+        handle = PrefetchHandle(self, [self._prefetch_item(i) for i in items])
+        if self.asynchronous:
+            handle._future = asyncio.get_running_loop().create_task(handle.run())
+        else:
+            handle._future = asyncio.run_coroutine_threadsafe(handle.run(), self.loop)
+        self._handles.add(handle)
+        return handle
+
+    def _prefetch_item(self, item: Any) -> PrefetchItem:
+        if isinstance(item, str | os.PathLike):
+            return self._target_path(os.fspath(item))
+        if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+            return (self._target_path(item[0]), item[1], item[2])
+        raise TypeError(
+            f"prefetch items must be paths or (path, start, end) tuples, got {item!r}"
+        )
+
+    def close(self) -> None:
+        """Cancel pending prefetch and readahead and wait for fetches to stop.
+
+        The filesystem stays usable: later reads simply fetch again.
+        """
+        for handle in list(self._handles):
+            handle.cancel()
+        if self.asynchronous:
+            self.router.cancel_all()
+            return
+        sync(self.loop, self._close_on_loop, timeout=30)
+
+    async def _close_on_loop(self) -> None:
+        self.router.cancel_all()
+        await self.router.drain()
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Block until every fetch in flight is stored in its tiers.

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from cachefs.chunks import ChunkKey
+from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.fetch import Fetcher
+from cachefs.prefetch import Staging
 from cachefs.tiers.disk import DiskTier, StripeLock
 from cachefs.tiers.ram import RamTier
 
@@ -90,6 +93,9 @@ class ChunkRouter:
         Origin access.
     max_coalesce
         Largest ranged request, in bytes, made by joining adjacent misses.
+    staging
+        Where prefetched chunks wait for their reader, or ``None`` when
+        prefetch is off.
     """
 
     def __init__(
@@ -99,8 +105,12 @@ class ChunkRouter:
         fetcher: Fetcher,
         *,
         max_coalesce: int,
+        staging: Staging | None = None,
     ) -> None:
         self.ram = ram
+        self.staging = staging
+        #: The loop fills run on (set by the filesystem; None when async).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.disks = list(disks)
         self.fetcher = fetcher
         self.max_coalesce = max_coalesce
@@ -111,7 +121,8 @@ class ChunkRouter:
         ]
         self._placement: dict[str, DiskTier] = {}
         self._inflight: dict[ChunkKey, asyncio.Future[memoryview]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._prefetching: set[ChunkKey] = set()
         self._pid = os.getpid()
 
     # -- placement -----------------------------------------------------------
@@ -144,6 +155,13 @@ class ChunkRouter:
             view = ram.get(key)
             if view is not None:
                 return view
+        staging = self.staging
+        if staging is not None:
+            view = staging.take(key)
+            if view is not None:
+                if ram is not None:
+                    ram.put(key, view)
+                return view
         disk = self.disk_for(key)
         if disk is None:
             return None
@@ -172,19 +190,87 @@ class ChunkRouter:
         missing = [k for k, v in zip(keys, views, strict=True) if v is None]
         if not missing:
             return views  # type: ignore[return-value]
-        waiting = self.request(missing)
-        for i, key in enumerate(keys):
-            if views[i] is None:
-                # shield: a cancelled reader must not cancel a shared fetch.
-                views[i] = await asyncio.shield(waiting[key])
+        waiting, _ = self.request(missing)
+        began = time.perf_counter()
+        try:
+            for i, key in enumerate(keys):
+                if views[i] is None:
+                    # shield: a cancelled reader must not cancel a shared fetch.
+                    views[i] = await asyncio.shield(waiting[key])
+                    staged = self.staging.take(key) if self.staging else None
+                    if staged is not None and self.ram is not None:
+                        self.ram.put(key, staged)
+        finally:
+            if self.staging is not None:
+                self.staging.stats.wait_seconds += time.perf_counter() - began
         return views  # type: ignore[return-value]
 
-    def request(
-        self, keys: Iterable[ChunkKey]
+    def is_cached(self, key: ChunkKey) -> bool:
+        """Whether ``key`` is held, staged or in flight (no stats counted)."""
+        if self.ram is not None and key in self.ram:
+            return True
+        if key in self._inflight:
+            return True
+        if self.staging is not None and key in self.staging:
+            return True
+        disk = self.disk_for(key)
+        return disk is not None and disk.contains(key)
+
+    async def prefetch(
+        self, keys: Sequence[ChunkKey], *, wait: bool
     ) -> dict[ChunkKey, asyncio.Future[memoryview]]:
-        """Start fills for ``keys`` not yet in flight; return their futures.
+        """Fetch ``keys`` ahead of their reader into the staging area.
+
+        With ``wait``, waits for room in the prefetch budget; without, skips
+        the keys when there is none. Returns futures of the fetches this
+        call started or joined; cached keys are left out.
+        """
+        staging = self.staging
+        if staging is None:
+            return {}
+        todo = [k for k in keys if not self.is_cached(k)]
+        if not todo:
+            return {}
+        need = sum(k.length for k in todo)
+        if wait:
+            await staging.reserve(need)
+        elif not staging.try_reserve(need):
+            return {}
+        futures, new = self.request(todo, prefetch=True)
+        joined = sum(k.length for k in todo if k not in new)
+        if joined:
+            staging.unreserve(joined)  # a demand fetch got there first
+        staging.stats.issued += len(new)
+        return futures
+
+    def readahead_soon(self, keys: list[ChunkKey]) -> None:
+        """Schedule a best-effort readahead of ``keys`` (any thread)."""
+        if self.staging is None or not keys:
+            return
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._start_readahead, keys)
+
+    def abandon(self, keys: Iterable[ChunkKey]) -> None:
+        """Drop staged ``keys`` whose reader went away (call on the loop)."""
+        if self.staging is None:
+            return
+        staged = [k for k in keys if k in self.staging]
+        self.staging.abandon(staged)
+        self.staging.refuse(k for k in keys if k in self._prefetching)
+
+    def _start_readahead(self, keys: list[ChunkKey]) -> None:
+        task = asyncio.get_running_loop().create_task(self.prefetch(keys, wait=False))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def request(
+        self, keys: Iterable[ChunkKey], *, prefetch: bool = False
+    ) -> tuple[dict[ChunkKey, asyncio.Future[memoryview]], set[ChunkKey]]:
+        """Start fills for ``keys`` not yet in flight.
 
         Must run on the event loop. Keys already in flight join that fetch.
+        Returns the futures of all ``keys`` and the set of keys this call
+        started; with ``prefetch``, those are staged when they arrive.
         """
         if self._pid != os.getpid():
             self._after_fork()
@@ -198,6 +284,8 @@ class ChunkRouter:
                 fut.add_done_callback(_retrieve)
                 self._inflight[key] = fut
                 new.append(key)
+                if prefetch:
+                    self._prefetching.add(key)
             else:
                 self.stats.joined += 1
             futures[key] = fut
@@ -207,7 +295,7 @@ class ChunkRouter:
                 task = loop.create_task(self._fill(run))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        return futures
+        return futures, set(new)
 
     async def _fill(self, run: list[ChunkKey]) -> None:
         held: list[StripeLock] = []
@@ -236,6 +324,8 @@ class ChunkRouter:
             if contended:
                 await asyncio.gather(*(self._wait_for(*c) for c in contended))
         except BaseException as exc:
+            if self.staging is not None and not isinstance(exc, asyncio.CancelledError):
+                self.staging.stats.failed += sum(k in self._prefetching for k in run)
             for key in run:
                 fut = self._inflight.get(key)
                 if fut is not None and not fut.done():
@@ -250,6 +340,12 @@ class ChunkRouter:
                 lock.release()
             for key in run:
                 self._inflight.pop(key, None)
+                if key in self._prefetching:
+                    self._prefetching.discard(key)
+                    # A prefetch that was never staged gives its budget back.
+                    if self.staging is not None:
+                        self.staging.unreserve(key.length)
+                        self.staging.forget(key)
 
     def _found_on(self, disk: DiskTier, key: ChunkKey) -> bool:
         """Resolve ``key`` from ``disk`` if another process published it."""
@@ -286,12 +382,56 @@ class ChunkRouter:
         views = [whole[k.start - first.start : k.stop - first.start] for k in keys]
         self.stats.fills += len(keys)
         for key, view in zip(keys, views, strict=True):
-            if self.ram is not None:
+            if key in self._prefetching and self.staging is not None:
+                self._prefetching.discard(key)
+                self.staging.put(key, view)
+            elif self.ram is not None:
                 self.ram.put(key, view)
             self._resolve(key, view)
         if self.disks:
             # Disk writes leave the loop's thread: a slow disk stalls no fetch.
             await asyncio.to_thread(self._store, list(zip(keys, views, strict=True)))
+
+    async def adopt(
+        self, version: FileVersion, chunk_size: int, start: int, data: bytes
+    ) -> None:
+        """Cache the whole chunks in ``data``, read from ``start`` of the file.
+
+        Until they are on disk, the chunks stay reachable as resolved
+        in-flight futures, so no reader fetches them again meanwhile.
+        """
+        whole = memoryview(data)
+        loop = asyncio.get_running_loop()
+        items = []
+        for index in range(start // chunk_size, version.chunk_count(chunk_size)):
+            key = version.key(chunk_size, index)
+            lo, hi = key.start - start, key.stop - start
+            if hi > whole.nbytes:
+                break
+            view = whole[lo:hi]
+            if self.ram is not None:
+                self.ram.put(key, view)
+            if key not in self._inflight:
+                fut: asyncio.Future[memoryview] = loop.create_future()
+                fut.set_result(view)
+                self._inflight[key] = fut
+            items.append((key, view))
+            self.stats.fills += 1
+        if items:
+            task = loop.create_task(self._store_adopted(items))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _store_adopted(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
+        try:
+            if self.disks:
+                await asyncio.to_thread(self._store, items)
+        finally:
+            for key, view in items:
+                fut = self._inflight.get(key)
+                if fut is not None and fut.done() and not fut.cancelled():
+                    if fut.exception() is None and fut.result() is view:
+                        del self._inflight[key]
 
     def _store(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         for key, view in items:
@@ -315,9 +455,21 @@ class ChunkRouter:
         """Cancel every fill in flight (call on the event loop)."""
         for task in list(self._tasks):
             task.cancel()
+        if self.staging is not None:
+            self.staging.clear()
 
-    def _after_fork(self) -> None:
-        # The parent's futures and tasks belong to the parent's loop.
+    def after_fork(self) -> None:
+        """Forget the parent's fetches in a forked child."""
         self._inflight = {}
         self._tasks = set()
+        self._prefetching = set()
+        self._placement = {}
         self._pid = os.getpid()
+        if self.ram is not None:
+            self.ram.after_fork()
+        for disk in self.disks:
+            disk.after_fork()
+        if self.staging is not None:
+            self.staging.after_fork()
+
+    _after_fork = after_fork

@@ -415,6 +415,10 @@ class DiskTier:
 
     # -- housekeeping --------------------------------------------------------
 
+    def after_fork(self) -> None:
+        """Replace the lock, which another thread may have held at fork."""
+        self._lock = threading.Lock()
+
     @staticmethod
     def _unlink_quietly(path: Path) -> bool:
         try:

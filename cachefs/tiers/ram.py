@@ -87,6 +87,10 @@ class RamTier:
             for key in list(self._entries):
                 self._remove(key, evicted=False)
 
+    def after_fork(self) -> None:
+        """Replace the lock, which another thread may have held at fork."""
+        self._lock = threading.Lock()
+
     def usage(self) -> int:
         """Return the bytes held."""
         return self._usage

@@ -1,0 +1,408 @@
+"""Prefetch: readahead windows, the staging area, and explicit prefetch.
+
+Chunks fetched ahead of a reader are *staged*: held in memory under a byte
+budget (``prefetch_limit``) until read, so prefetching never evicts what is
+about to be consumed and a long prefetch list streams through instead of
+flooding RAM. A staged chunk moves to the RAM tier when it is read. Staged
+chunks nobody reads are dropped when their budget is needed and they have
+waited longer than ``hold`` seconds; they count as wasted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from cachefs.chunks import ChunkKey
+
+if TYPE_CHECKING:
+    from cachefs.filesystem import CacheFileSystem
+
+__all__ = [
+    "PrefetchHandle",
+    "PrefetchStats",
+    "ReadaheadWindow",
+    "Staging",
+]
+
+log = logging.getLogger(__name__)
+
+#: An explicit prefetch item: a path, or ``(path, start, end)``.
+PrefetchItem = str | tuple[str, int | None, int | None]
+
+
+@dataclass(slots=True)
+class PrefetchStats:
+    """Counters of prefetching.
+
+    Attributes
+    ----------
+    issued
+        Chunks requested ahead of a reader.
+    used
+        Prefetched chunks that a reader then read.
+    wasted
+        Prefetched chunks dropped without being read.
+    failed
+        Prefetch fetches that failed (logged, never raised to a reader).
+    staged_bytes, peak_staged_bytes
+        Bytes held for readers now, and the most ever held (reservations of
+        fetches in flight included).
+    wait_seconds
+        Time readers spent waiting for chunks to arrive from the origin.
+    """
+
+    issued: int = 0
+    used: int = 0
+    wasted: int = 0
+    failed: int = 0
+    staged_bytes: int = 0
+    peak_staged_bytes: int = 0
+    wait_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Return the counters as a plain dict."""
+        return asdict(self)
+
+
+class Staging:
+    """Chunks fetched ahead and not yet read, under a byte budget.
+
+    Parameters
+    ----------
+    limit
+        Byte budget for staged chunks plus reservations of fetches in flight.
+    hold
+        Seconds a staged chunk is kept for its reader before its budget may
+        be reclaimed.
+    """
+
+    def __init__(self, limit: int, hold: float = 30.0) -> None:
+        self.limit = limit
+        self.hold = hold
+        self.stats = PrefetchStats()
+        self._entries: OrderedDict[ChunkKey, tuple[memoryview, float]] = OrderedDict()
+        self._reserved = 0
+        self._abandoned: set[ChunkKey] = set()
+        self._lock = threading.Lock()
+        self._room: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- any thread ----------------------------------------------------------
+
+    def take(self, key: ChunkKey) -> memoryview | None:
+        """Remove and return a staged chunk that a reader needs now."""
+        if not self._entries:
+            return None
+        with self._lock:
+            item = self._entries.pop(key, None)
+            if item is None:
+                return None
+            self.stats.staged_bytes -= item[0].nbytes
+            self.stats.used += 1
+        self._signal()
+        return item[0]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def abandon(self, keys: Iterable[ChunkKey]) -> None:
+        """Drop staged ``keys`` now; they count as wasted."""
+        dropped = False
+        with self._lock:
+            for key in keys:
+                item = self._entries.pop(key, None)
+                if item is not None:
+                    self.stats.staged_bytes -= item[0].nbytes
+                    self.stats.wasted += 1
+                    dropped = True
+        if dropped:
+            self._signal()
+
+    def forget(self, key: ChunkKey) -> None:
+        """Drop a refusal for ``key`` whose fetch ended without staging."""
+        self._abandoned.discard(key)
+
+    def refuse(self, keys: Iterable[ChunkKey]) -> None:
+        """Do not stage ``keys`` (prefetches in flight) when they arrive."""
+        with self._lock:
+            self._abandoned.update(keys)
+
+    def clear(self) -> None:
+        """Drop everything staged (counted as wasted)."""
+        self.abandon(list(self._entries))
+
+    # -- event loop ----------------------------------------------------------
+
+    def try_reserve(self, nbytes: int) -> bool:
+        """Reserve ``nbytes`` if the budget allows now; never waits."""
+        with self._lock:
+            if self._fits(nbytes):
+                self._book(nbytes)
+                return True
+            self._reclaim_locked(time.monotonic())
+            if self._fits(nbytes):
+                self._book(nbytes)
+                return True
+        return False
+
+    async def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` fit the budget, then reserve them."""
+        while not self.try_reserve(nbytes):
+            event = self._event()
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(self.hold, 0.25))
+
+    def unreserve(self, nbytes: int) -> None:
+        """Give back a reservation that will not be staged."""
+        with self._lock:
+            self._reserved -= nbytes
+        self._signal()
+
+    def put(self, key: ChunkKey, view: memoryview) -> bool:
+        """Stage a prefetched chunk against its reservation.
+
+        Returns False (and gives the reservation back) if its reader has
+        gone away meanwhile.
+        """
+        with self._lock:
+            self._reserved -= view.nbytes
+            if key in self._abandoned:
+                self._abandoned.discard(key)
+                self.stats.wasted += 1
+                stage = False
+            else:
+                self._entries[key] = (view, time.monotonic())
+                self.stats.staged_bytes += view.nbytes
+                stage = True
+        if not stage:
+            self._signal()
+        return stage
+
+    # -- internals -----------------------------------------------------------
+
+    def _fits(self, nbytes: int) -> bool:
+        used = self.stats.staged_bytes + self._reserved
+        # A request larger than the whole budget may run alone.
+        return used + nbytes <= self.limit or used == 0
+
+    def _book(self, nbytes: int) -> None:
+        self._reserved += nbytes
+        total = self.stats.staged_bytes + self._reserved
+        self.stats.peak_staged_bytes = max(self.stats.peak_staged_bytes, total)
+
+    def _reclaim_locked(self, now: float) -> None:
+        while self._entries:
+            key, (view, stamp) = next(iter(self._entries.items()))
+            if now - stamp < self.hold:
+                return
+            del self._entries[key]
+            self.stats.staged_bytes -= view.nbytes
+            self.stats.wasted += 1
+
+    def _event(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._room is None or self._loop is not loop:
+            self._room = asyncio.Event()
+            self._loop = loop
+        return self._room
+
+    def _signal(self) -> None:
+        loop, event = self._loop, self._room
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
+
+    def after_fork(self) -> None:
+        """Reset state that belongs to the parent process."""
+        self._lock = threading.Lock()
+        self._entries.clear()
+        self.stats.staged_bytes = 0
+        self._reserved = 0
+        self._abandoned.clear()
+        self._room = None
+        self._loop = None
+
+
+class ReadaheadWindow:
+    """An adaptive readahead window for one sequential reader.
+
+    The window starts at ``initial`` bytes, doubles with each sequential
+    read up to ``cap``, and collapses to zero on a seek elsewhere (the next
+    sequential read starts it again).
+    """
+
+    def __init__(self, initial: int, cap: int) -> None:
+        self.initial = min(initial, cap)
+        self.cap = cap
+        self.size = 0
+        self._expected = 0
+
+    def advance(self, start: int, stop: int) -> int:
+        """Record a read of ``[start, stop)``; return the bytes to read ahead."""
+        if start == self._expected:
+            self.size = min(max(self.size * 2, self.initial), self.cap)
+        else:
+            self.size = 0  # a seek: no readahead until reads are sequential
+        self._expected = stop
+        return self.size
+
+
+class PrefetchHandle:
+    """A running explicit prefetch; returned by ``CacheFileSystem.prefetch``.
+
+    Attributes
+    ----------
+    total_bytes
+        Bytes asked for (grows while the paths' sizes are resolved).
+    done_bytes
+        Bytes now cached or staged.
+    failed
+        ``(path, exception)`` for every item that could not be fetched.
+    """
+
+    def __init__(self, fs: CacheFileSystem, items: Sequence[PrefetchItem]) -> None:
+        self.fs = fs
+        self.items = list(items)
+        self.total_bytes = 0
+        self.done_bytes = 0
+        self.failed: list[tuple[str, BaseException]] = []
+        self._keys: list[ChunkKey] = []
+        self._future: ThreadFuture[None] | asyncio.Task[None] | None = None
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """``(done_bytes, total_bytes)``."""
+        return self.done_bytes, self.total_bytes
+
+    def done(self) -> bool:
+        """Whether the prefetch has finished (or was cancelled)."""
+        return self._future is not None and self._future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until finished; return False on timeout.
+
+        Never raises a fetch error: see :attr:`failed`.
+        """
+        assert isinstance(self._future, ThreadFuture)
+        try:
+            self._future.result(timeout)
+        except TimeoutError:
+            return False
+        except BaseException:  # cancelled: finished all the same
+            return True
+        return True
+
+    def cancel(self) -> None:
+        """Stop issuing fetches and drop what was staged but not read."""
+        fut = self._future
+        if fut is not None and not fut.done():
+            if isinstance(fut, ThreadFuture):
+                self.fs.loop.call_soon_threadsafe(self._cancel_on_loop)
+            else:
+                self._cancel_on_loop()
+
+    def _cancel_on_loop(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+        self.fs.router.abandon(self._keys)
+
+    _task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Fetch the items in order (runs on the filesystem's loop)."""
+        self._task = asyncio.current_task()
+        router = self.fs.router
+        lookahead = 16
+        resolving: dict[int, asyncio.Task[Any]] = {}
+        pending: set[asyncio.Future[memoryview]] = set()
+
+        def resolve(i: int) -> None:
+            if i < len(self.items) and i not in resolving:
+                path = _item_path(self.items[i])
+                resolving[i] = asyncio.ensure_future(self.fs._version(path))
+
+        try:
+            for i in range(min(lookahead, len(self.items))):
+                resolve(i)
+            for i, item in enumerate(self.items):
+                resolve(i + lookahead)
+                path = _item_path(item)
+                try:
+                    version = await resolving.pop(i)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._fail(path, exc)
+                    continue
+                start, end = (None, None) if isinstance(item, str) else item[1:]
+                lo, hi = self.fs._clip(version.size, start, end)
+                if hi <= lo:
+                    continue
+                self.total_bytes += hi - lo
+                keys = self.fs._span_keys(version, lo, hi)
+                group = max(1, router.max_coalesce // self.fs.chunk_size)
+                for g in range(0, len(keys), group):
+                    batch = keys[g : g + group]
+                    self._keys.extend(batch)
+                    futures = await router.prefetch(batch, wait=True)
+                    span = sum(
+                        min(hi, k.stop) - max(lo, k.start)
+                        for k in batch
+                        if k not in futures
+                    )
+                    self.done_bytes += span
+                    for key, fut in futures.items():
+                        nbytes = min(hi, key.stop) - max(lo, key.start)
+                        fut.add_done_callback(self._counter(path, nbytes))
+                        pending.add(fut)
+            if pending:
+                await asyncio.gather(
+                    *(asyncio.shield(f) for f in pending), return_exceptions=True
+                )
+        finally:
+            for task in resolving.values():
+                task.cancel()
+
+    def _counter(self, path: str, nbytes: int) -> Any:
+        def count(fut: asyncio.Future[memoryview]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is None:
+                self.done_bytes += nbytes
+            elif not any(p == path for p, _ in self.failed):
+                self._fail(path, exc)
+
+        return count
+
+    def _fail(self, path: str, exc: BaseException) -> None:
+        self.failed.append((path, exc))
+        log.warning("cachefs: prefetch of %s failed: %s", path, exc)
+
+
+def _item_path(item: PrefetchItem) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+        return item[0]
+    raise TypeError(
+        f"prefetch items must be paths or (path, start, end) tuples, got {item!r}"
+    )
