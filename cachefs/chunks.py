@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -123,7 +123,7 @@ def version_token(info: dict[str, Any]) -> str:
     return f"size:{size}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class FileVersion:
     """One version of one origin file.
 
@@ -144,6 +144,21 @@ class FileVersion:
     size: int
     token: str
 
+    def __eq__(self, other: object) -> bool:
+        if self is other:  # the common case on the hot path
+            return True
+        if type(other) is not FileVersion:
+            return NotImplemented
+        return (
+            self.path == other.path
+            and self.token == other.token
+            and self.size == other.size
+            and self.protocol == other.protocol
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.protocol, self.path, self.size, self.token))
+
     def key(self, chunk_size: int, index: int) -> ChunkKey:
         """Return the key of chunk ``index`` of this version."""
         return ChunkKey(self, chunk_size, index)
@@ -153,20 +168,64 @@ class FileVersion:
         return -(-self.size // chunk_size)
 
 
-@dataclass(frozen=True, slots=True)
 class ChunkKey:
     """The name of one chunk of one version of one file.
 
-    Keys are hashable values; :attr:`digest` names the chunk on disk, so no
-    origin name ever becomes a path.
+    Keys are immutable, hashable values. :attr:`digest`, computed once when
+    the key is made, names the chunk on disk (so no origin name ever becomes
+    a path) and is what the tiers index by: a string's hash is cached, which
+    keeps the hot lookup in C.
+
+    Parameters
+    ----------
+    version
+        The file version the chunk belongs to.
+    chunk_size
+        The chunk size the file is cut by.
+    index
+        The chunk's position in the file.
     """
+
+    __slots__ = ("chunk_size", "digest", "index", "version")
 
     version: FileVersion
     chunk_size: int
     index: int
-    _digest: list[str] = field(
-        default_factory=list, compare=False, hash=False, repr=False
-    )
+    digest: str
+
+    def __init__(self, version: FileVersion, chunk_size: int, index: int) -> None:
+        text = "\0".join(
+            (version.protocol, version.path, version.token, str(chunk_size), str(index))
+        )
+        setattr_ = object.__setattr__
+        setattr_(self, "version", version)
+        setattr_(self, "chunk_size", chunk_size)
+        setattr_(self, "index", index)
+        setattr_(
+            self, "digest", hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ChunkKey is immutable (tried to set {name})")
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not ChunkKey:
+            return NotImplemented
+        return self.digest == other.digest
+
+    def __repr__(self) -> str:
+        return (
+            f"ChunkKey(version={self.version!r}, chunk_size={self.chunk_size}, "
+            f"index={self.index})"
+        )
+
+    def __reduce__(self) -> tuple[type[ChunkKey], tuple[FileVersion, int, int]]:
+        return ChunkKey, (self.version, self.chunk_size, self.index)
 
     @property
     def start(self) -> int:
@@ -182,19 +241,6 @@ class ChunkKey:
     def length(self) -> int:
         """Number of bytes in the chunk (the last chunk may be short)."""
         return self.stop - self.start
-
-    @property
-    def digest(self) -> str:
-        """Hex digest naming the chunk (stable across processes and runs)."""
-        if not self._digest:
-            v = self.version
-            text = "\0".join(
-                (v.protocol, v.path, v.token, str(self.chunk_size), str(self.index))
-            )
-            self._digest.append(
-                hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
-            )
-        return self._digest[0]
 
 
 @dataclass(frozen=True, slots=True)

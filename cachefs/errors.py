@@ -12,11 +12,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-__all__ = ["ErrorClass", "ShortReadError", "classify"]
+__all__ = ["ErrorClass", "ShortReadError", "StaleVersionError", "classify"]
 
 
 class ShortReadError(ConnectionError):
     """The origin returned fewer bytes than the range asked for."""
+
+
+class StaleVersionError(OSError):
+    """The origin file changed: its bytes no longer match the version read.
+
+    Raised instead of ever mixing two versions' bytes in one read.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,7 @@ _CLIENT_ERROR = ErrorClass(OSError, False)
 
 # Exception types, most specific first.
 _TYPES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
+    (StaleVersionError, ErrorClass(StaleVersionError, False)),
     (FileNotFoundError, ErrorClass(FileNotFoundError, False)),
     (PermissionError, ErrorClass(PermissionError, False)),
     (IsADirectoryError, ErrorClass(IsADirectoryError, False)),

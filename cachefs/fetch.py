@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
-from cachefs.errors import ShortReadError, classify
+from cachefs.errors import ShortReadError, StaleVersionError, classify
 
 __all__ = ["FetchStats", "Fetcher"]
 
@@ -152,8 +152,13 @@ class Fetcher:
 
         return await self._retrying(once, f"info of {path}")
 
-    async def fetch(self, path: str, start: int, stop: int) -> bytes:
+    async def fetch(
+        self, path: str, start: int, stop: int, token: str | None = None
+    ) -> bytes:
         """Return exactly the bytes ``[start, stop)`` of ``path``.
+
+        With ``token`` (a version token) over HTTP, the response's ETag must
+        match it, so bytes of two versions never mix in the cache.
 
         Raises
         ------
@@ -162,17 +167,26 @@ class Fetcher:
         ConnectionError, TimeoutError
             When transient faults persist past ``retries``; the message names
             the path and the range.
+        StaleVersionError
+            When the origin's ETag no longer matches ``token``.
         """
         sem, budget = self._caps()
+        http = _is_http(self.target)
 
         async def once() -> bytes:
             async with sem:
                 held = await budget.acquire(stop - start)
                 try:
                     self.stats.requests += 1
-                    data = await self._with_timeout(
-                        self.call("cat_file", path, start=start, end=stop)
-                    )
+                    if http:
+                        info, data = await self._with_timeout(
+                            _http_get_range(self.target, path, start, stop)
+                        )
+                        _check_version(path, info, token)
+                    else:
+                        data = await self._with_timeout(
+                            self.call("cat_file", path, start=start, end=stop)
+                        )
                 finally:
                     await budget.release(held)
             if len(data) != stop - start:
@@ -246,6 +260,17 @@ class Fetcher:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_version(path: str, info: dict[str, Any], token: str | None) -> None:
+    etag = info.get("ETag")
+    if token is None or etag is None or not token.startswith("ETag:"):
+        return
+    if f"ETag:{str(etag).strip()}" != token:
+        raise StaleVersionError(
+            f"{path} changed at the origin (ETag {etag}, expected "
+            f"{token[5:]}); reopen it to read the new version"
+        )
 
 
 def _is_http(target: AbstractFileSystem) -> bool:

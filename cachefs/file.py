@@ -102,8 +102,12 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return b""
-        if self._window is not None:
-            self._read_ahead(pos, stop)
+        window = self._window
+        if window is not None:
+            if pos == window.expected or window.size:
+                self._read_ahead(pos, stop)
+            else:  # random access: just remember where this read ended
+                window.expected = stop
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:  # the common case: inside one chunk
@@ -128,9 +132,19 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return 0
-        if self._window is not None:
-            self._read_ahead(pos, stop)
-        self._copy_range(pos, stop, out)
+        window = self._window
+        if window is not None:
+            if pos == window.expected or window.size:
+                self._read_ahead(pos, stop)
+            else:  # random access: just remember where this read ended
+                window.expected = stop
+        cs = self.chunk_size
+        index = pos // cs
+        if stop <= (index + 1) * cs:  # inside one chunk: one slice, one copy
+            base = index * cs
+            out[: stop - pos] = self._chunk(index)[pos - base : stop - base]
+        else:
+            self._copy_range(pos, stop, out)
         self._pos = stop
         return stop - pos
 
@@ -146,8 +160,12 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return memoryview(b"")
-        if self._window is not None:
-            self._read_ahead(pos, stop)
+        window = self._window
+        if window is not None:
+            if pos == window.expected or window.size:
+                self._read_ahead(pos, stop)
+            else:  # random access: just remember where this read ended
+                window.expected = stop
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:
@@ -189,9 +207,10 @@ class CachedFile(io.RawIOBase):
 
     def _read_ahead(self, start: int, stop: int) -> None:
         """Grow or reset the window and schedule chunks beyond ``stop``."""
-        assert self._window is not None
+        window = self._window
+        assert window is not None
         cs = self.chunk_size
-        ahead = self._window.advance(start, stop)
+        ahead = window.advance(start, stop)
         if not ahead:
             self._ra_frontier = (stop - 1) // cs
             return
@@ -202,10 +221,18 @@ class CachedFile(io.RawIOBase):
         if last_index <= self._ra_frontier:
             return
         first_index = max(stop // cs, self._ra_frontier + 1)
-        keys = [self._key(i) for i in range(first_index, last_index + 1)]
         self._ra_frontier = last_index
-        self._ra_issued.extend(keys)
-        self._router.readahead_soon(keys)
+        # Checked here, in the reader's thread: a warm file never wakes the
+        # event loop for readahead.
+        held = self._router.holds
+        keys = [
+            key
+            for key in (self._key(i) for i in range(first_index, last_index + 1))
+            if not held(key)
+        ]
+        if keys:
+            self._ra_issued.extend(keys)
+            self._router.readahead_soon(keys)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -218,7 +245,7 @@ class CachedFile(io.RawIOBase):
         return key
 
     def _chunk(self, index: int) -> memoryview:
-        key = self._key(index)
+        key = self._keys.get(index) or self._key(index)
         view = self._router.get_cached(key)
         if view is None:
             if self.closed:

@@ -25,6 +25,7 @@ from fsspec.spec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
 from cachefs.chunks import ChunkKey, FileVersion, parse_size, version_token
+from cachefs.errors import StaleVersionError
 from cachefs.fetch import Fetcher
 from cachefs.file import CachedFile
 from cachefs.metadata import MetadataCache, TTLCache
@@ -188,8 +189,10 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         self.metadata_ttl = _check_seconds(
             metadata_ttl, "metadata_ttl", allow_none=True
         )
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"retries must be an int, got {type(retries).__name__}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
         timeout = _check_seconds(request_timeout, "request_timeout", allow_none=True)
         self.fs = self._make_target(target_protocol, target_options, fs)
         proto = self.fs.protocol
@@ -435,7 +438,15 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         if hi <= lo:
             return b""
         keys = self._span_keys(version, lo, hi)
-        views = await self.router.get_chunks(keys)
+        try:
+            views = await self.router.get_chunks(keys)
+        except StaleVersionError:
+            # The origin changed since the version was cached: forget it and
+            # read the new version (never a mix of both).
+            self.invalidate(tpath)
+            if kwargs.get("_retried"):
+                raise
+            return await self._cat_file(tpath, start, end, _retried=True)
         return self._assemble(keys, views, lo, hi)
 
     async def _resolve_span(self, tpath: str, start: int, length: int) -> FileVersion:
@@ -471,15 +482,47 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         if len(starts_l) != n or len(ends_l) != n:
             raise ValueError("paths, starts and ends must have the same length")
 
-        async def one(path: str, start: int | None, end: int | None) -> bytes:
-            return await self._cat_file(path, start, end)
-
-        # Chunks are single-flighted, so overlapping ranges fetch once; the
-        # router coalesces the adjacent misses that these reads start together.
-        results = await asyncio.gather(
-            *(one(p, s, e) for p, s, e in zip(paths, starts_l, ends_l, strict=True)),
-            return_exceptions=True,
+        # Resolve each file once, then ask the router for every chunk of
+        # every range together, so adjacent misses coalesce across ranges.
+        unique = list(dict.fromkeys(self._target_path(p) for p in paths))
+        found = await asyncio.gather(
+            *(self._version(p) for p in unique), return_exceptions=True
         )
+        versions = dict(zip(unique, found, strict=True))
+        wanted: dict[ChunkKey, None] = {}
+        plans: list[tuple[list[ChunkKey], int, int] | BaseException] = []
+        for path, start, end in zip(paths, starts_l, ends_l, strict=True):
+            version = versions[self._target_path(path)]
+            if isinstance(version, BaseException):
+                plans.append(version)
+                continue
+            lo, hi = self._clip(version.size, start, end)
+            keys = self._span_keys(version, lo, hi) if hi > lo else []
+            wanted.update(dict.fromkeys(keys))
+            plans.append((keys, lo, hi))
+        fetched: dict[ChunkKey, memoryview] = {}
+        results: list[Any]
+        try:
+            keys = list(wanted)
+            views = await self.router.get_chunks(keys) if keys else []
+            fetched = dict(zip(keys, views, strict=True))
+        except Exception:
+            # Some chunk failed: read range by range, so that each range
+            # reports its own outcome.
+            results = await asyncio.gather(
+                *(
+                    self._cat_file(p, s, e)
+                    for p, s, e in zip(paths, starts_l, ends_l, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        else:
+            results = [
+                plan
+                if isinstance(plan, BaseException)
+                else self._assemble(plan[0], [fetched[k] for k in plan[0]], *plan[1:])
+                for plan in plans
+            ]
         out: list[bytes | Exception] = []
         for r in results:
             if isinstance(r, BaseException):

@@ -112,7 +112,9 @@ class MetadataCache:
         final = self._record_path(version.protocol, version.path)
         tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
-            tmp.write_text(json.dumps(record))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(record))
             os.replace(tmp, final)
         except OSError:
             # A metadata record is an optimisation; never fail a read for it.

@@ -11,7 +11,6 @@ waited longer than ``hold`` seconds; they count as wasted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -159,8 +158,13 @@ class Staging:
         while not self.try_reserve(nbytes):
             event = self._event()
             event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(self.hold, 0.25))
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that races with the event.
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=min(self.hold, 0.25))
+            finally:
+                waiter.cancel()
 
     def unreserve(self, nbytes: int) -> None:
         """Give back a reservation that will not be staged."""
@@ -252,15 +256,16 @@ class ReadaheadWindow:
         self.initial = min(initial, cap)
         self.cap = cap
         self.size = 0
-        self._expected = 0
+        #: Where the next sequential read starts.
+        self.expected = 0
 
     def advance(self, start: int, stop: int) -> int:
         """Record a read of ``[start, stop)``; return the bytes to read ahead."""
-        if start == self._expected:
+        if start == self.expected:
             self.size = min(max(self.size * 2, self.initial), self.cap)
         else:
             self.size = 0  # a seek: no readahead until reads are sequential
-        self._expected = stop
+        self.expected = stop
         return self.size
 
 
@@ -330,6 +335,10 @@ class PrefetchHandle:
         """Fetch the items in order (runs on the filesystem's loop)."""
         self._task = asyncio.current_task()
         router = self.fs.router
+        if self._task is not None:
+            # Tracked with the router's fills: close() cancels and drains it.
+            router._tasks.add(self._task)
+            self._task.add_done_callback(router._tasks.discard)
         lookahead = 16
         resolving: dict[int, asyncio.Task[Any]] = {}
         pending: set[asyncio.Future[memoryview]] = set()
@@ -358,7 +367,9 @@ class PrefetchHandle:
                     continue
                 self.total_bytes += hi - lo
                 keys = self.fs._span_keys(version, lo, hi)
-                group = max(1, router.max_coalesce // self.fs.chunk_size)
+                # A batch never asks for more than the whole budget.
+                budget = min(router.max_coalesce, self._limit())
+                group = max(1, budget // self.fs.chunk_size)
                 for g in range(0, len(keys), group):
                     batch = keys[g : g + group]
                     self._keys.extend(batch)
@@ -380,6 +391,10 @@ class PrefetchHandle:
         finally:
             for task in resolving.values():
                 task.cancel()
+
+    def _limit(self) -> int:
+        staging = self.fs.router.staging
+        return staging.limit if staging is not None else 0
 
     def _counter(self, path: str, nbytes: int) -> Any:
         def count(fut: asyncio.Future[memoryview]) -> None:

@@ -205,6 +205,21 @@ class ChunkRouter:
                 self.staging.stats.wait_seconds += time.perf_counter() - began
         return views  # type: ignore[return-value]
 
+    def holds(self, key: ChunkKey) -> bool:
+        """Return whether ``key`` is in RAM, staged, mapped or in flight.
+
+        Cheap and safe from any thread; a chunk on disk that this process has
+        not mapped yet counts as not held.
+        """
+        if self.ram is not None and key in self.ram:
+            return True
+        if key in self._inflight:
+            return True
+        if self.staging is not None and key in self.staging:
+            return True
+        disk = self.disk_for(key)
+        return disk is not None and disk.is_mapped(key)
+
     def is_cached(self, key: ChunkKey) -> bool:
         """Whether ``key`` is held, staged or in flight (no stats counted)."""
         if self.ram is not None and key in self.ram:
@@ -229,9 +244,15 @@ class ChunkRouter:
         if staging is None:
             return {}
         todo = [k for k in keys if not self.is_cached(k)]
+        # Never ask for more than the whole budget at once.
+        need = 0
+        for i, key in enumerate(todo):
+            if need + key.length > staging.limit and i:
+                del todo[i:]
+                break
+            need += key.length
         if not todo:
             return {}
-        need = sum(k.length for k in todo)
         if wait:
             await staging.reserve(need)
         elif not staging.try_reserve(need):
@@ -377,14 +398,20 @@ class ChunkRouter:
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
         self.stats.coalesced_requests += 1
-        data = await self.fetcher.fetch(first.version.path, first.start, last.stop)
+        data = await self.fetcher.fetch(
+            first.version.path, first.start, last.stop, first.version.token
+        )
         whole = memoryview(data)
         views = [whole[k.start - first.start : k.stop - first.start] for k in keys]
         self.stats.fills += len(keys)
         for key, view in zip(keys, views, strict=True):
             if key in self._prefetching and self.staging is not None:
                 self._prefetching.discard(key)
-                self.staging.put(key, view)
+                if self.ram is not None and key in self.ram:
+                    # A reader's own fetch (an open) got it into RAM first.
+                    self.staging.unreserve(key.length)
+                else:
+                    self.staging.put(key, view)
             elif self.ram is not None:
                 self.ram.put(key, view)
             self._resolve(key, view)
@@ -409,6 +436,8 @@ class ChunkRouter:
             if hi > whole.nbytes:
                 break
             view = whole[lo:hi]
+            if self.staging is not None and key in self.staging:
+                continue  # prefetched already: its reader takes it from there
             if self.ram is not None:
                 self.ram.put(key, view)
             if key not in self._inflight:
@@ -429,9 +458,14 @@ class ChunkRouter:
         finally:
             for key, view in items:
                 fut = self._inflight.get(key)
-                if fut is not None and fut.done() and not fut.cancelled():
-                    if fut.exception() is None and fut.result() is view:
-                        del self._inflight[key]
+                if (
+                    fut is not None
+                    and fut.done()
+                    and not fut.cancelled()
+                    and fut.exception() is None
+                    and fut.result() is view
+                ):
+                    del self._inflight[key]
 
     def _store(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         for key, view in items:

@@ -95,7 +95,7 @@ def test_unsupported_modes(tmp_path):
     http = CacheFileSystem(
         target_protocol="http", cache_dir=str(tmp_path / "h"), skip_instance_cache=True
     )
-    with pytest.raises(io.UnsupportedOperation, match="mode='wb'.*http"):
+    with pytest.raises(io.UnsupportedOperation, match=r"mode=.wb.*http"):
         http.open("http://127.0.0.1:9/x.bin", "wb")
 
 

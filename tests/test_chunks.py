@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 
 import pytest
 from hypothesis import given
@@ -38,7 +39,7 @@ def test_spans_cover_the_range_exactly(start, length):
     assert sum(s.stop - s.start for s in spans) == length
     assert spans[0].index * chunk + spans[0].start == start
     assert spans[-1].index * chunk + spans[-1].stop == stop
-    for a, b in zip(spans, spans[1:], strict=False):
+    for a, b in itertools.pairwise(spans):
         assert b.index == a.index + 1 and a.stop == chunk and b.start == 0
 
 

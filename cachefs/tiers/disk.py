@@ -160,8 +160,10 @@ class DiskTier:
             now = time.monotonic()
             if now - touched > _TOUCH_INTERVAL:
                 self._touch(digest, now)
-            with contextlib.suppress(KeyError):
+            try:  # noqa: SIM105 - the hot path; suppress() costs more
                 self._maps.move_to_end(digest)
+            except KeyError:  # unmapped by another thread meanwhile
+                pass
             self.stats.hits += 1
             self.stats.hit_bytes += view.nbytes
             return view
@@ -172,6 +174,10 @@ class DiskTier:
         self.stats.hits += 1
         self.stats.hit_bytes += loaded.nbytes
         return loaded
+
+    def is_mapped(self, key: ChunkKey) -> bool:
+        """Whether this process has ``key`` mapped (no system call)."""
+        return key.digest in self._maps
 
     def contains(self, key: ChunkKey) -> bool:
         """Return whether a file exists for ``key`` (not verified)."""

@@ -36,17 +36,19 @@ class RamTier:
         self.limit = limit
         self.policy = policy
         self.stats = TierStats()
-        self._entries: dict[ChunkKey, memoryview] = {}
+        # Indexed by digest: a str's cached hash keeps the lookup in C.
+        self._entries: dict[str, memoryview] = {}
         self._usage = 0
         self._lock = threading.Lock()
 
     def get(self, key: ChunkKey) -> memoryview | None:
         """Return the chunk's view, or ``None``."""
-        view = self._entries.get(key)
+        digest = key.digest
+        view = self._entries.get(digest)
         if view is None:
             self.stats.misses += 1
             return None
-        self.policy.accessed(key)
+        self.policy.accessed(digest)
         self.stats.hits += 1
         self.stats.hit_bytes += view.nbytes
         return view
@@ -55,8 +57,9 @@ class RamTier:
         """Store ``data`` (not copied) under ``key`` if the policy admits it."""
         view = memoryview(data).cast("B").toreadonly()
         size = view.nbytes
+        digest = key.digest
         with self._lock:
-            if key in self._entries:
+            if digest in self._entries:
                 return True
             if not self.policy.admit(size, self._usage, self.limit):
                 self.stats.rejected += 1
@@ -69,9 +72,9 @@ class RamTier:
             if self._usage + size > self.limit:
                 self.stats.rejected += 1
                 return False
-            self._entries[key] = view
+            self._entries[digest] = view
             self._usage += size
-            self.policy.inserted(key)
+            self.policy.inserted(digest)
             self.stats.puts += 1
             self.stats.put_bytes += size
         return True
@@ -79,7 +82,7 @@ class RamTier:
     def discard(self, key: ChunkKey) -> None:
         """Drop ``key`` if held."""
         with self._lock:
-            self._remove(key, evicted=False)
+            self._remove(key.digest, evicted=False)
 
     def clear(self) -> None:
         """Drop every chunk."""
@@ -99,11 +102,11 @@ class RamTier:
         return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        return isinstance(key, ChunkKey) and key.digest in self._entries
 
-    def _remove(self, key: object, *, evicted: bool) -> None:
-        view = self._entries.pop(key, None)  # type: ignore[call-overload]
-        self.policy.removed(key)
+    def _remove(self, digest: object, *, evicted: bool) -> None:
+        view = self._entries.pop(digest, None)  # type: ignore[call-overload]
+        self.policy.removed(digest)
         if view is None:
             return
         self._usage -= view.nbytes

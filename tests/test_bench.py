@@ -1,0 +1,123 @@
+"""Smoke tests of the benchmark runner: it runs and records every row.
+
+Performance targets are reported by the benchmarks, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.__main__ import SCENARIOS, main
+from bench.report import Row, Target, compare, format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (row prefix, system, reference, target) of every targeted comparison.
+HOT_PATH_TARGETS = {
+    ("1", "cachefs read_view (RAM)", "numpy copyto", ">= 2x"),
+    ("2", "cachefs readinto (RAM)", "numpy copyto", ">= 0.8x"),
+    ("3", "cachefs readinto (disk)", "local readinto", ">= 0.9x"),
+    ("3", "cachefs readinto (disk)", "simplecache readinto", ">= 1x"),
+    ("3", "cachefs read (disk)", "local read", ">= 0.9x"),
+    ("3", "cachefs read (disk)", "simplecache read", ">= 1x"),
+    ("4", "cachefs RAM", "simplecache", ">= 1x"),
+    ("4", "cachefs RAM", "blockcache", ">= 1x"),
+    ("4", "cachefs disk", "simplecache", ">= 1x"),
+    ("4", "cachefs disk", "blockcache", ">= 1x"),
+}
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def test_hot_path_tiny_run_writes_every_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["hot_path", "--quick", "--size", "4MiB", "--reps", "1"]
+    argv += ["--reads", "200", "--min-time", "0.001", "--out", str(tmp_path)]
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "| row " in printed and "targets met:" in printed
+
+    doc = json.loads((tmp_path / "hot_path.json").read_text())
+    assert doc["scenario"] == "hot_path"
+    assert doc["quick"] is True
+    machine = doc["machine"]
+    assert machine["cpu_model"] and machine["python"]
+    assert set(machine["packages"]) == {"cachefs", "fsspec", "numpy"}
+
+    rows = doc["rows"]
+    assert rows
+    for row in rows:
+        assert row["row"] and row["system"] and row["unit"] in ("GB/s", "us/read")
+        assert _number(row["value"]) and row["value"] > 0, row
+        assert _number(row["ratio"]) and row["ratio"] > 0, row
+        assert row["reference"], row
+        assert row["samples"] and all(_number(s) for s in row["samples"]), row
+        assert row["detail"]["file_bytes"] == 4 * 2**20
+        if row["target"] is not None:
+            assert isinstance(row["met"], bool)
+        if "origin_bytes_during_timing" in row["detail"]:
+            assert row["detail"]["origin_bytes_during_timing"] == 0, row
+
+    targeted = {
+        (r["row"].split()[0], r["system"], r["reference"], r["target"])
+        for r in rows
+        if r["target"] is not None
+    }
+    assert targeted == HOT_PATH_TARGETS
+    summary = doc["summary"]
+    assert summary["targets"] == len(HOT_PATH_TARGETS)
+    assert summary["met"] + len(summary["unmet"]) == summary["targets"]
+
+
+def test_registry_and_cli_list() -> None:
+    assert "hot_path" in SCENARIOS
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.startswith("hot_path: ")
+
+
+def test_unknown_scenario_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["no_such_scenario", "--out", "unused"])
+    assert exc.value.code == 2
+    assert "no_such_scenario" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "ratio", "met"),
+    [(">= 2.0x", 2.0, True), (">= 2x", 1.99, False), ("> 1x", 1.0, False)],
+)
+def test_target_check(text: str, ratio: float, met: bool) -> None:
+    assert Target.parse(text).check(ratio) is met
+
+
+def test_unmet_targets_are_shown() -> None:
+    ref = Row("r", "peer", 2.0, "us/read", [2.0])
+    slow = compare(Row("r", "cachefs", 4.0, "us/read", [4.0]), ref, ">= 1x")
+    fast = compare(Row("r", "cachefs", 1.0, "us/read", [1.0]), ref, ">= 1x")
+    assert slow.ratio == pytest.approx(0.5) and slow.met is False
+    assert fast.ratio == pytest.approx(2.0) and fast.met is True
+    table = format_table([slow, fast])
+    assert "UNMET" in table and "targets met: 1/2" in table
+    assert "UNMET: r: cachefs is 0.50x peer, target >= 1x" in table

@@ -1,0 +1,225 @@
+"""Readahead, explicit prefetch, retries and lifecycle against a real origin."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from bench.origin import HTTPOrigin, make_shards
+from cachefs import CacheFileSystem
+
+MiB = 2**20
+
+
+def read_all(fs: CacheFileSystem, url: str, step: int = 256 * 1024) -> bytes:
+    out = bytearray()
+    with fs.open(url) as f:
+        while chunk := f.read(step):
+            out += chunk
+    return bytes(out)
+
+
+def test_sequential_reader_reads_ahead_without_duplicate_fetches(origin, make_fs):
+    data = os.urandom(8 * MiB + 5)
+    origin.set_file("seq.bin", data)
+    origin.latency = 0.01
+    fs = make_fs(readahead="4MiB", ram_limit="64MiB")
+    url = origin.url_for("seq.bin")
+    assert read_all(fs, url) == data
+    fs.wait_idle()
+    stats = fs.cache_stats()["prefetch"]
+    assert stats["issued"] > 0
+    assert stats["used"] == stats["issued"]
+    assert stats["wasted"] == 0
+    # A reader that caught up with a chunk in flight waited on that fetch.
+    assert origin.stats.bytes_sent == len(data)
+
+
+def test_random_reader_gets_no_readahead(origin, make_fs):
+    data = os.urandom(6 * MiB)
+    origin.set_file("rand.bin", data)
+    fs = make_fs(readahead="8MiB")
+    url = origin.url_for("rand.bin")
+    with fs.open(url) as f:
+        for offset in (5 * MiB, 2 * MiB + 7, 4 * MiB + 99, 3 * MiB):
+            f.seek(offset)
+            assert f.read(1000) == data[offset : offset + 1000]
+    fs.wait_idle()
+    assert fs.cache_stats()["prefetch"]["issued"] == 0
+
+
+def test_explicit_prefetch_then_read_costs_no_wait(origin, shard_files, make_fs):
+    fs = make_fs(ram_limit="64MiB")
+    urls = [origin.url_for(n) for n in sorted(shard_files)]
+    handle = fs.prefetch(urls)
+    assert handle.wait(timeout=30)
+    done, total = handle.progress
+    assert done == total == sum(len(v) for v in shard_files.values())
+    assert not handle.failed
+    sent = origin.stats.bytes_sent
+    for url, name in zip(urls, sorted(shard_files), strict=True):
+        assert fs.cat_file(url) == shard_files[name]
+    assert origin.stats.bytes_sent == sent
+
+
+def test_prefetch_respects_its_byte_budget(origin, make_fs):
+    files = make_shards(6, 3 * MiB, seed=3, prefix="budget/")
+    for name, data in files.items():
+        origin.set_file(name, data)
+    fs = make_fs(prefetch_limit="2MiB", ram_limit="64MiB", disk_limit=0)
+    urls = [origin.url_for(n) for n in sorted(files)]
+    handle = fs.prefetch(urls)
+    # Consume slowly; the prefetcher must stream within its budget.
+    for url, name in zip(urls, sorted(files), strict=True):
+        assert read_all(fs, url) == files[name]
+        time.sleep(0.02)
+    assert handle.wait(timeout=30)
+    stats = fs.cache_stats()["prefetch"]
+    assert 0 < stats["peak_staged_bytes"] <= 2 * MiB
+    assert stats["staged_bytes"] == 0
+
+
+def test_prefetch_ranges_and_failures_are_recorded_not_raised(
+    origin, shard_files, make_fs
+):
+    fs = make_fs()
+    name = sorted(shard_files)[0]
+    url = origin.url_for(name)
+    handle = fs.prefetch([(url, MiB, 2 * MiB), origin.url_for("absent.bin")])
+    assert handle.wait(timeout=30)
+    assert handle.progress == (MiB, MiB)
+    assert [p for p, _ in handle.failed] == [origin.url_for("absent.bin")]
+    assert isinstance(handle.failed[0][1], FileNotFoundError)
+    with pytest.raises(TypeError, match="prefetch"):
+        fs.prefetch("not-a-list")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="prefetch items"):
+        fs.prefetch([42])  # type: ignore[list-item]
+
+
+def test_cancel_stops_a_prefetch(origin, make_fs):
+    files = make_shards(8, 2 * MiB, seed=5, prefix="cancel/")
+    for name, data in files.items():
+        origin.set_file(name, data)
+    origin.latency = 0.05
+    fs = make_fs(prefetch_limit="2MiB", max_requests=1)
+    handle = fs.prefetch([origin.url_for(n) for n in sorted(files)])
+    time.sleep(0.15)
+    handle.cancel()
+    assert handle.wait(timeout=10)
+    fs.wait_idle()
+    assert origin.stats.bytes_sent < sum(len(v) for v in files.values())
+
+
+@pytest.mark.parametrize("kind", ["503", "429", "reset", "short", "stall"])
+def test_ten_percent_faults_still_read_everything_exactly(kind, make_fs, tmp_path):
+    files = make_shards(4, 2 * MiB + 999, seed=11, prefix="faulty/")
+    with HTTPOrigin(files=files, fault_rate=0.1, fault_kind=kind, seed=4) as server:
+        server.stall_seconds = 2.0
+        fs = make_fs(
+            chunk_size="256kB",
+            max_coalesce="512kB",
+            retries=6,
+            request_timeout=0.5,
+            cache_dir=str(tmp_path / kind),
+        )
+        fs.fetcher.backoff = 0.005
+        for name, data in sorted(files.items()):
+            assert read_all(fs, server.url_for(name)) == data
+        assert server.stats.faults > 0
+        assert fs.cache_stats()["origin"]["retries"] >= server.stats.faults - 1
+
+
+def test_persistent_faults_fail_clearly_and_quickly(make_fs, tmp_path):
+    data = os.urandom(MiB)
+    with HTTPOrigin(
+        files={"bad.bin": data}, fault_rate=1.0, fault_kind="503"
+    ) as server:
+        fs = make_fs(retries=3, cache_dir=str(tmp_path / "c"))
+        fs.fetcher.backoff = 0.01
+        url = server.url_for("bad.bin")
+        fs.info(url)  # HEAD requests are not faulted: only the data fails
+        began = time.monotonic()
+        with pytest.raises(ConnectionError) as err:
+            fs.cat_file(url, 0, 1000)
+        assert time.monotonic() - began < 10
+        message = str(err.value)
+        assert (
+            url in message and "bytes 0-" in message and "after 4 attempts" in message
+        )
+        assert fs.cache_stats()["origin"]["errors"] >= 1
+
+
+def test_failed_prefetch_is_logged_never_raised(make_fs, tmp_path, caplog):
+    data = os.urandom(MiB)
+    with HTTPOrigin(
+        files={"bad.bin": data}, fault_rate=1.0, fault_kind="reset"
+    ) as server:
+        fs = make_fs(retries=1, cache_dir=str(tmp_path / "c"))
+        fs.fetcher.backoff = 0.001
+        handle = fs.prefetch([server.url_for("bad.bin")])
+        assert handle.wait(timeout=20)
+        assert handle.failed and isinstance(handle.failed[0][1], ConnectionError)
+        assert "prefetch of" in caplog.text
+        assert fs.cache_stats()["prefetch"]["failed"] >= 1
+
+
+def test_close_leaves_no_tasks_or_threads(origin, shard_files, make_fs):
+    fs = make_fs(readahead="8MiB")
+    urls = [origin.url_for(n) for n in sorted(shard_files)]
+    fs.cat_file(urls[0])  # start fsspec's loop and the executor
+    fs.wait_idle()
+    before = threading.active_count()
+    origin.latency = 0.05
+    for _ in range(3):
+        handle = fs.prefetch(urls)
+        with fs.open(urls[1]) as f:
+            f.read(10)
+        fs.close()
+        assert handle.wait(timeout=10)
+    fs.close()
+    gc.collect()
+    assert not fs.router._tasks
+    assert not fs.router._inflight
+
+    async def ours() -> list[str]:
+        import asyncio
+
+        me = asyncio.current_task()
+        return [repr(t) for t in asyncio.all_tasks() if t is not me]
+
+    from fsspec.asyn import sync
+
+    assert sync(fs.loop, ours) == []
+    assert threading.active_count() <= before + 1  # executor threads are reused
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_usable_after_fork(origin, shard_files, make_fs):
+    fs = make_fs()
+    names = sorted(shard_files)
+    assert fs.cat_file(origin.url_for(names[0])) == shard_files[names[0]]
+    fs.wait_idle()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: read a cached file and an uncached one
+        try:
+            os.close(read_end)
+            a = fs.cat_file(origin.url_for(names[0]))
+            b = read_all(fs, origin.url_for(names[1]))
+            digest = hashlib.sha256(a + b).hexdigest().encode()
+            os.write(write_end, digest)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        got = pipe.read()
+    os.waitpid(pid, 0)
+    want = hashlib.sha256(shard_files[names[0]] + shard_files[names[1]])
+    assert got.decode() == want.hexdigest()
+    # The parent is unaffected.
+    assert fs.cat_file(origin.url_for(names[2])) == shard_files[names[2]]
