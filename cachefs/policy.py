@@ -19,6 +19,7 @@ from typing import ClassVar
 
 __all__ = [
     "DiskEntry",
+    "EpochPolicy",
     "EvictionPolicy",
     "LRUPolicy",
     "available_policies",
@@ -160,3 +161,33 @@ class LRUPolicy(EvictionPolicy):
         # The tier removes each victim before asking for the next one.
         while self._order:
             yield next(iter(self._order))
+
+
+@register_policy
+class EpochPolicy(EvictionPolicy):
+    """Keep what the tier holds once it is full; new chunks bypass it.
+
+    Epoch-based training reads the whole dataset once per epoch in a new
+    random order. When the dataset is larger than the tier, LRU evicts each
+    chunk shortly before it is needed again and hits far below the bound
+    ``tier size / dataset size`` (about 0.16 at a 50% cache on shuffled
+    scans, 0 on sequential ones). Keeping a fixed subset reaches the bound in
+    every epoch after the first. Choose it for datasets larger than the
+    cache that are read whole each epoch; choose ``lru`` when the working
+    set changes over time. Stale chunks leave only by explicit invalidation
+    (a changed origin file, ``invalidate``, ``clear_cache``).
+    """
+
+    name = "epoch"
+
+    def admit(self, size: int, usage: int, limit: int) -> bool:
+        """Admit only what fits without evicting anything."""
+        return usage + size <= limit
+
+    def rank(self, entries: Sequence[DiskEntry]) -> list[DiskEntry]:
+        """Order newest first, so a tier pushed over budget sheds its latest.
+
+        Writers in several processes can race past admission; the long-held
+        set stays.
+        """
+        return sorted(entries, key=lambda e: e.last_access, reverse=True)
