@@ -95,6 +95,31 @@ def _check_seconds(value: Any, name: str, *, allow_none: bool) -> float | None:
     return float(value)
 
 
+_CODECS = {"zstd": {"id": "zstd", "level": 1}, "lz4": {"id": "lz4"}}
+
+
+def _make_codec(compression: Any) -> Any:
+    """Return a numcodecs codec for the ``compression`` keyword (or None)."""
+    if compression is None:
+        return None
+    import numcodecs
+    from numcodecs.abc import Codec
+
+    if isinstance(compression, Codec):
+        return compression
+    config = _CODECS.get(compression) if isinstance(compression, str) else compression
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"compression={compression!r} is not a codec; use None, "
+            f"{', '.join(repr(n) for n in _CODECS)}, a numcodecs config dict "
+            "or a codec object"
+        )
+    try:
+        return numcodecs.get_codec(dict(config))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"compression={compression!r}: {exc}") from exc
+
+
 class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
     """A tiered chunk cache over any fsspec filesystem.
 
@@ -145,6 +170,12 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
     prefetch_hold
         Seconds a prefetched chunk is held for its reader before its budget
         may be reclaimed.
+    compression
+        Compress chunks in the disk tier with a numcodecs codec: ``"zstd"``,
+        ``"lz4"``, a codec config dict, a codec object, or ``None`` (the
+        default). Chunks that do not shrink by 5% are stored raw. The codec is
+        recorded per chunk, so a cache written under one setting reads under
+        any other. Compressed chunks cost a decode per disk hit.
     **kwargs
         Passed to :class:`fsspec.asyn.AsyncFileSystem` (``asynchronous``,
         ``loop``, ...).
@@ -179,6 +210,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         readahead: int | str = "64MiB",
         prefetch_limit: int | str = "256MiB",
         prefetch_hold: float = 30.0,
+        compression: str | dict[str, Any] | Any | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
@@ -202,7 +234,8 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         disks = []
         if self.disk_limit:
             share = self.disk_limit // len(dirs)
-            disks = [DiskTier(d, share, make_policy(policy)) for d in dirs]
+            codec = _make_codec(compression)
+            disks = [DiskTier(d, share, make_policy(policy), codec=codec) for d in dirs]
         self.cache_dirs = dirs
         ram = RamTier(self.ram_limit, make_policy(policy)) if self.ram_limit else None
         self.fetcher = Fetcher(

@@ -2,7 +2,7 @@
 
 Layout under the tier's root (created 0700)::
 
-    chunks/<d[:2]>/<digest>   one file per chunk: header + payload
+    chunks/<d[:2]>/<digest>   one file per chunk: header [+ codec config] + payload
     tmp/                      files being written; renamed into chunks/
     locks/<d[:4]>             flock stripes for cross-process single-flight
     usage                     the node-wide byte counter (flock-guarded)
@@ -11,6 +11,10 @@ A chunk file becomes visible only complete (written under ``tmp/``, then
 hard-linked into place), carries a CRC32C of its payload and is verified the
 first time a process maps it; a damaged file is removed and counted, never
 served. Hits are ``mmap`` slices: no copy, no system call after the first.
+
+With a numcodecs codec, chunks that compress are stored compressed and the
+codec's JSON config is recorded in the file, so a cache written with one
+setting reads correctly under another; those chunks are decoded on each map.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import mmap
 import os
@@ -30,7 +35,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import crc32c
 
@@ -45,11 +50,15 @@ __all__ = ["CHUNK_HEADER", "DiskTier", "StripeLock"]
 
 log = logging.getLogger(__name__)
 
-#: magic, format version, codec id, flags, crc32c, payload length, stored length
+#: magic, format version, codec id, codec config length, crc32c (of config and
+#: stored payload), payload length, stored payload length
 CHUNK_HEADER = struct.Struct("<4sBBHIQQ4x")
 _MAGIC = b"CFSC"
 _FORMAT = 1
 _CODEC_NONE = 0
+_CODEC_NUMCODECS = 1  # a numcodecs codec; its JSON config follows the header
+# Store compressed only when it saves at least this fraction.
+_MIN_SAVING = 0.05
 # Evict down to this fraction of the budget, so scans are amortised.
 _LOW_WATERMARK = 0.95
 # A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
@@ -117,6 +126,8 @@ class DiskTier:
         Eviction policy; ranks the scanned entries when over budget.
     max_maps
         How many chunk mappings this process keeps open.
+    codec
+        A numcodecs codec to compress chunks with, or ``None``.
     """
 
     name = "disk"
@@ -128,12 +139,18 @@ class DiskTier:
         policy: EvictionPolicy,
         *,
         max_maps: int = 1024,
+        codec: Any = None,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.limit = limit
         self.policy = policy
         self.stats = TierStats()
         self.max_maps = max_maps
+        self.codec = codec
+        self._codec_config = (
+            json.dumps(codec.get_config(), sort_keys=True).encode() if codec else b""
+        )
+        self._decoders: dict[bytes, Any] = {}
         for sub in ("", "chunks", "tmp", "locks"):
             _secure_dir(self.root / sub if sub else self.root)
         self._chunks = self.root / "chunks"
@@ -202,21 +219,34 @@ class DiskTier:
         finally:
             os.close(fd)
         view = memoryview(mapped)
-        magic, fmt, codec, _flags, crc, length, stored = CHUNK_HEADER.unpack_from(view)
-        payload = view[CHUNK_HEADER.size :]
-        if (
-            magic != _MAGIC
-            or fmt != _FORMAT
-            or codec != _CODEC_NONE
-            or stored != payload.nbytes
-            or length != expected
-            or crc32c.crc32c(payload) != crc
-        ):
-            payload.release()
-            view.release()
+        magic, fmt, codec, conf_len, crc, length, stored = CHUNK_HEADER.unpack_from(
+            view
+        )
+        body = view[CHUNK_HEADER.size :]
+        config, payload = body[:conf_len], body[conf_len:]
+        valid = (
+            magic == _MAGIC
+            and fmt == _FORMAT
+            and codec in (_CODEC_NONE, _CODEC_NUMCODECS)
+            and (codec == _CODEC_NUMCODECS) == (conf_len > 0)
+            and stored == payload.nbytes
+            and length == expected
+            and crc32c.crc32c(payload, crc32c.crc32c(config)) == crc
+        )
+        decoded = self._decode(config, payload, length) if valid and conf_len else None
+        if not valid or (conf_len and decoded is None):
+            for v in (payload, config, body, view):
+                v.release()
             mapped.close()
             self._drop_damaged(path, "failed its checksum")
             return None
+        if decoded is not None:
+            # Decoded bytes are not kept mapped: the RAM tier holds hot ones.
+            for v in (payload, config, body, view):
+                v.release()
+            mapped.close()
+            self._touch(digest, time.monotonic())
+            return decoded
         now = time.monotonic()
         self._touch(digest, now)
         with self._lock:
@@ -225,6 +255,22 @@ class DiskTier:
                 # The mapping closes once no consumer holds a view of it.
                 self._maps.popitem(last=False)
         return payload
+
+    def _decode(
+        self, config: memoryview, payload: memoryview, length: int
+    ) -> memoryview | None:
+        raw_config = bytes(config)
+        decoder = self._decoders.get(raw_config)
+        try:
+            if decoder is None:
+                import numcodecs
+
+                decoder = numcodecs.get_codec(json.loads(raw_config))
+                self._decoders[raw_config] = decoder
+            out = memoryview(decoder.decode(payload)).cast("B")
+        except Exception:
+            return None
+        return out.toreadonly() if out.nbytes == length else None
 
     def _touch(self, digest: str, now: float) -> None:
         with contextlib.suppress(OSError):
@@ -252,7 +298,18 @@ class DiskTier:
         a warning is issued once, and reads go on from the origin.
         """
         payload = memoryview(data).cast("B")
-        size = CHUNK_HEADER.size + payload.nbytes
+        length = payload.nbytes
+        config = b""
+        codec_id = _CODEC_NONE
+        if self.codec is not None:
+            encoded = memoryview(self.codec.encode(payload)).cast("B")
+            if encoded.nbytes <= length * (1 - _MIN_SAVING):
+                payload, config, codec_id = (
+                    encoded,
+                    self._codec_config,
+                    _CODEC_NUMCODECS,
+                )
+        size = CHUNK_HEADER.size + len(config) + payload.nbytes
         if not self.policy.admit(size, self.usage(), self.limit):
             self.stats.rejected += 1
             return False
@@ -261,15 +318,15 @@ class DiskTier:
         header = CHUNK_HEADER.pack(
             _MAGIC,
             _FORMAT,
-            _CODEC_NONE,
-            0,
-            crc32c.crc32c(payload),
-            payload.nbytes,
+            codec_id,
+            len(config),
+            crc32c.crc32c(payload, crc32c.crc32c(config)),
+            length,
             payload.nbytes,
         )
         tmp = self._tmp / f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            self._write_new(tmp, header, payload)
+            self._write_new(tmp, header + config, payload)
             final.parent.mkdir(mode=0o700, exist_ok=True)
             try:
                 # link() publishes only if absent: a concurrent writer of the
@@ -288,7 +345,7 @@ class DiskTier:
         self._unlink_quietly(tmp)
         if published:
             self.stats.puts += 1
-            self.stats.put_bytes += payload.nbytes
+            self.stats.put_bytes += length
             self._adjust_usage(size)
         return True
 
