@@ -22,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import mmap
 import os
 import secrets
 import stat
-import struct
 import threading
 import time
 import warnings
@@ -37,28 +35,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import crc32c
-
 from cachefs.chunks import ChunkKey
 from cachefs.policy import DiskEntry, EvictionPolicy
 from cachefs.tiers.base import TierStats
+from cachefs.tiers.record import CHUNK_HEADER, RecordCodec
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["CHUNK_HEADER", "DiskTier", "StripeLock"]
+__all__ = ["CHUNK_HEADER", "DiskTier", "StripeLock"]  # CHUNK_HEADER: re-export
 
 log = logging.getLogger(__name__)
 
-#: magic, format version, codec id, codec config length, crc32c (of config and
-#: stored payload), payload length, stored payload length
-CHUNK_HEADER = struct.Struct("<4sBBHIQQ4x")
-_MAGIC = b"CFSC"
-_FORMAT = 1
-_CODEC_NONE = 0
-_CODEC_NUMCODECS = 1  # a numcodecs codec; its JSON config follows the header
-# Store compressed only when it saves at least this fraction.
-_MIN_SAVING = 0.05
 # Evict down to this fraction of the budget, so scans are amortised.
 _LOW_WATERMARK = 0.95
 # A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
@@ -147,10 +135,7 @@ class DiskTier:
         self.stats = TierStats()
         self.max_maps = max_maps
         self.codec = codec
-        self._codec_config = (
-            json.dumps(codec.get_config(), sort_keys=True).encode() if codec else b""
-        )
-        self._decoders: dict[bytes, Any] = {}
+        self._records = RecordCodec(codec)
         for sub in ("", "chunks", "tmp", "locks"):
             _secure_dir(self.root / sub if sub else self.root)
         self._chunks = self.root / "chunks"
@@ -219,58 +204,31 @@ class DiskTier:
         finally:
             os.close(fd)
         view = memoryview(mapped)
-        magic, fmt, codec, conf_len, crc, length, stored = CHUNK_HEADER.unpack_from(
-            view
-        )
-        body = view[CHUNK_HEADER.size :]
-        config, payload = body[:conf_len], body[conf_len:]
-        valid = (
-            magic == _MAGIC
-            and fmt == _FORMAT
-            and codec in (_CODEC_NONE, _CODEC_NUMCODECS)
-            and (codec == _CODEC_NUMCODECS) == (conf_len > 0)
-            and stored == payload.nbytes
-            and length == expected
-            and crc32c.crc32c(payload, crc32c.crc32c(config)) == crc
-        )
-        decoded = self._decode(config, payload, length) if valid and conf_len else None
-        if not valid or (conf_len and decoded is None):
-            for v in (payload, config, body, view):
-                v.release()
-            mapped.close()
-            self._drop_damaged(path, "failed its checksum")
-            return None
-        if decoded is not None:
-            # Decoded bytes are not kept mapped: the RAM tier holds hot ones.
-            for v in (payload, config, body, view):
-                v.release()
-            mapped.close()
-            self._touch(digest, time.monotonic())
-            return decoded
+        record = RecordCodec.parse(view, expected)
+        chunk: memoryview | None = None
+        if record is not None:
+            if not record.compressed:
+                chunk = record.payload
+            else:
+                chunk = self._records.decode(record, expected)
+                record.payload.release()  # decoded bytes need no mapping
+                record = None
         now = time.monotonic()
+        if chunk is None or record is None:
+            view.release()
+            mapped.close()
+            if chunk is None:
+                self._drop_damaged(path, "failed its checksum")
+            else:
+                self._touch(digest, now)
+            return chunk
         self._touch(digest, now)
         with self._lock:
-            self._maps[digest] = (payload, now)
+            self._maps[digest] = (chunk, now)
             while len(self._maps) > self.max_maps:
                 # The mapping closes once no consumer holds a view of it.
                 self._maps.popitem(last=False)
-        return payload
-
-    def _decode(
-        self, config: memoryview, payload: memoryview, length: int
-    ) -> memoryview | None:
-        raw_config = bytes(config)
-        decoder = self._decoders.get(raw_config)
-        try:
-            if decoder is None:
-                import numcodecs
-
-                decoder = numcodecs.get_codec(json.loads(raw_config))
-                self._decoders[raw_config] = decoder
-            out = memoryview(decoder.decode(payload)).cast("B")
-        except Exception:
-            return None
-        return out.toreadonly() if out.nbytes == length else None
+        return chunk
 
     def _touch(self, digest: str, now: float) -> None:
         with contextlib.suppress(OSError):
@@ -297,36 +255,17 @@ class DiskTier:
         A full disk is not an error for the reader: the chunk is not stored,
         a warning is issued once, and reads go on from the origin.
         """
-        payload = memoryview(data).cast("B")
-        length = payload.nbytes
-        config = b""
-        codec_id = _CODEC_NONE
-        if self.codec is not None:
-            encoded = memoryview(self.codec.encode(payload)).cast("B")
-            if encoded.nbytes <= length * (1 - _MIN_SAVING):
-                payload, config, codec_id = (
-                    encoded,
-                    self._codec_config,
-                    _CODEC_NUMCODECS,
-                )
-        size = CHUNK_HEADER.size + len(config) + payload.nbytes
+        length = memoryview(data).nbytes
+        head, payload = self._records.encode(memoryview(data).cast("B"))
+        size = len(head) + payload.nbytes
         if not self.policy.admit(size, self.usage(), self.limit):
             self.stats.rejected += 1
             return False
         digest = key.digest
         final = self.path_for(digest)
-        header = CHUNK_HEADER.pack(
-            _MAGIC,
-            _FORMAT,
-            codec_id,
-            len(config),
-            crc32c.crc32c(payload, crc32c.crc32c(config)),
-            length,
-            payload.nbytes,
-        )
         tmp = self._tmp / f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            self._write_new(tmp, header + config, payload)
+            self._write_new(tmp, head, payload)
             final.parent.mkdir(mode=0o700, exist_ok=True)
             try:
                 # link() publishes only if absent: a concurrent writer of the
