@@ -34,6 +34,7 @@ from cachefs.prefetch import PrefetchHandle, PrefetchItem, Staging
 from cachefs.router import ChunkRouter
 from cachefs.tiers.disk import DiskTier
 from cachefs.tiers.ram import RamTier
+from cachefs.tiers.shared import SharedTier
 from cachefs.writes import WriteThroughFile
 
 __all__ = ["CacheFileSystem", "default_cache_dir"]
@@ -176,6 +177,13 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         default). Chunks that do not shrink by 5% are stored raw. The codec is
         recorded per chunk, so a cache written under one setting reads under
         any other. Compressed chunks cost a decode per disk hit.
+    shared
+        A cluster-wide tier below the disk tier, on any fsspec filesystem:
+        a URL such as ``"file:///mnt/lustre/cachefs"`` or
+        ``"s3://bucket/cachefs"``, or ``{"protocol": "s3", "root":
+        "bucket/cachefs", "options": {...}}``. Misses look there before the
+        origin; chunks fetched from the origin are published there in the
+        background. ``None`` (the default) means no shared tier.
     **kwargs
         Passed to :class:`fsspec.asyn.AsyncFileSystem` (``asynchronous``,
         ``loop``, ...).
@@ -211,6 +219,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         prefetch_limit: int | str = "256MiB",
         prefetch_hold: float = 30.0,
         compression: str | dict[str, Any] | Any | None = None,
+        shared: str | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
@@ -232,9 +241,9 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         dirs = self._cache_dirs(cache_dir)
         make_policy(policy)  # validate the name before touching the disk
         disks = []
+        codec = _make_codec(compression)
         if self.disk_limit:
             share = self.disk_limit // len(dirs)
-            codec = _make_codec(compression)
             disks = [DiskTier(d, share, make_policy(policy), codec=codec) for d in dirs]
         self.cache_dirs = dirs
         ram = RamTier(self.ram_limit, make_policy(policy)) if self.ram_limit else None
@@ -255,6 +264,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             self.fetcher,
             max_coalesce=parse_size(max_coalesce, "max_coalesce", allow_zero=False),
             staging=Staging(limit, hold) if limit else None,
+            shared=self._make_shared(shared, codec),
         )
         self._forked = False
         self._handles: weakref.WeakSet[PrefetchHandle] = weakref.WeakSet()
@@ -296,18 +306,53 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             raise TypeError(
                 f"target_options must be a dict, got {type(target_options).__name__}"
             )
-        options = dict(target_options or {})
+        return self._build_fs(target_protocol, target_options or {}, "target_protocol")
+
+    def _build_fs(
+        self, protocol: str, options: dict[str, Any], param: str
+    ) -> AbstractFileSystem:
+        options = dict(options)
         try:
-            cls = fsspec.get_filesystem_class(target_protocol)
+            cls = fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
-            raise ValueError(f"target_protocol={target_protocol!r}: {exc}") from exc
+            raise ValueError(f"{param}={protocol!r}: {exc}") from exc
         if getattr(cls, "async_impl", False):
-            # Share our loop so target coroutines run natively in our fetches.
+            # Share our loop so its coroutines run natively in our fetches.
             options.setdefault("asynchronous", self.asynchronous)
             if not self.asynchronous:
                 options.setdefault("loop", self.loop)
-        target: AbstractFileSystem = cls(**options)
-        return target
+        built: AbstractFileSystem = cls(**options)
+        return built
+
+    def _make_shared(self, shared: Any, codec: Any) -> SharedTier | None:
+        """Build the shared tier from ``shared=URL`` or ``shared={...}``."""
+        if shared is None:
+            return None
+        if isinstance(shared, str):
+            protocol, root = fsspec.core.split_protocol(shared)
+            protocol = protocol or "file"
+            options: dict[str, Any] = {}
+        elif isinstance(shared, dict):
+            unknown = set(shared) - {"protocol", "root", "options"}
+            if unknown or not isinstance(shared.get("root"), str):
+                raise ValueError(
+                    "shared must be a URL or a dict with 'protocol', 'root' and "
+                    f"optional 'options', got {shared!r}"
+                )
+            protocol = shared.get("protocol", "file")
+            root = shared["root"]
+            options = dict(shared.get("options") or {})
+        else:
+            raise TypeError(
+                f"shared must be a URL or a dict, got {type(shared).__name__}"
+            )
+        if not isinstance(protocol, str):
+            raise TypeError(f"shared protocol must be a str, got {protocol!r}")
+        fs = self._build_fs(protocol, options, "shared")
+        root = str(fs._strip_protocol(root)).rstrip("/")
+        if not root:
+            raise ValueError(f"shared={shared!r} names no directory or prefix")
+        return SharedTier(fs, root, codec)
 
     @staticmethod
     def _cache_dirs(
@@ -346,18 +391,25 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         # fresh target (its sessions belonged to the parent's loop).
         self._pid = os.getpid()
         self._loop = fsspec.asyn.get_loop()
-        target = self.fs
-        if getattr(target, "async_impl", False):
-            options = dict(target.storage_options)
-            if "loop" in options:
-                options["loop"] = self._loop
-            options["skip_instance_cache"] = True
-            self.fs = type(target)(*target.storage_args, **options)
-            self.fetcher.target = self.fs
+        self.fs = self.fetcher.target = self._renewed(self.fs)
+        shared = self.router.shared
+        if shared is not None:
+            shared.fs = self._renewed(shared.fs)
         if not self._forked:
             self.router.after_fork()
         self._forked = False
         self.router.loop = self._loop
+
+    def _renewed(self, fs: AbstractFileSystem) -> AbstractFileSystem:
+        """Rebuild an async filesystem whose loop and sessions were the parent's."""
+        if not getattr(fs, "async_impl", False):
+            return fs
+        options = dict(fs.storage_options)
+        if "loop" in options:
+            options["loop"] = self._loop
+        options["skip_instance_cache"] = True
+        renewed: AbstractFileSystem = type(fs)(*fs.storage_args, **options)
+        return renewed
 
     # -- paths ---------------------------------------------------------------
 
@@ -458,7 +510,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         tpath = self._target_path(path)
         version = self._known_version(tpath)
         if version is None:
-            if start is not None and start < 0:
+            if (start is not None and start < 0) or not self._first_read_fetches(tpath):
                 version = await self._version(tpath)
             else:
                 # Learn size and version from the first ranged read itself.
@@ -481,6 +533,17 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
                 raise
             return await self._cat_file(tpath, start, end, _retried=True)
         return self._assemble(keys, views, lo, hi)
+
+    def _first_read_fetches(self, tpath: str) -> bool:
+        """Whether learning ``tpath``'s version may also fetch its first bytes.
+
+        Only for a file this cache has never seen and with no shared tier:
+        otherwise its chunks may be cached already, and a metadata call is
+        the cheaper way to learn which version they must match.
+        """
+        return self.router.shared is None and not self.metadata.seen(
+            self.target_protocol, tpath
+        )
 
     async def _resolve_span(self, tpath: str, start: int, length: int) -> FileVersion:
         """Learn ``tpath``'s version with a read of ``[start, start+length)``.
@@ -600,7 +663,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             tpath = self._target_path(path)
             version = self._known_version(tpath)
             if version is None:
-                if self.readahead:
+                if self.readahead and self._first_read_fetches(tpath):
                     # The first chunk comes with the size: no HEAD round trip.
                     version = sync(
                         self.loop, self._resolve_span, tpath, 0, self.chunk_size
@@ -834,6 +897,11 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             disk["limit"] = sum(d.limit for d in self.router.disks)
             disk["dirs"] = [str(d.root) for d in self.router.disks]
             out["disk"] = disk
+        if self.router.shared is not None:
+            out["shared"] = {
+                **self.router.shared.stats.as_dict(),
+                "url": self.router.shared.fs.unstrip_protocol(self.router.shared.root),
+            }
         if self.router.staging is not None:
             out["prefetch"] = self.router.staging.stats.as_dict()
         out["origin"] = self.fetcher.stats.as_dict()

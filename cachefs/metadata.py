@@ -96,6 +96,12 @@ class MetadataCache:
             return None
         return item[0]
 
+    def seen(self, protocol: str, path: str) -> bool:
+        """Return whether any version of ``path`` was recorded, fresh or not."""
+        if (protocol, path) in self._memory:
+            return True
+        return self.root is not None and self._record_path(protocol, path).exists()
+
     def put(self, version: FileVersion) -> None:
         """Record ``version`` as fresh now."""
         now = time.time()

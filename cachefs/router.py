@@ -22,6 +22,7 @@ from cachefs.fetch import Fetcher
 from cachefs.prefetch import Staging
 from cachefs.tiers.disk import DiskTier, StripeLock
 from cachefs.tiers.ram import RamTier
+from cachefs.tiers.shared import SharedTier
 
 __all__ = ["ChunkRouter", "RouterStats"]
 
@@ -96,6 +97,8 @@ class ChunkRouter:
     staging
         Where prefetched chunks wait for their reader, or ``None`` when
         prefetch is off.
+    shared
+        The cluster-wide tier consulted before the origin, or ``None``.
     """
 
     def __init__(
@@ -106,8 +109,10 @@ class ChunkRouter:
         *,
         max_coalesce: int,
         staging: Staging | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.ram = ram
+        self.shared = shared
         self.staging = staging
         #: The loop fills run on (set by the filesystem; None when async).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -337,8 +342,7 @@ class ChunkRouter:
                     owned.append(key)
                 else:
                     lock.release()
-            for group in _adjacent_runs(owned, len(owned) or 1):
-                await self._fetch_and_store(group)
+            await self._fill_owned(owned)
             for lock in held:
                 lock.release()
             held.clear()
@@ -388,12 +392,25 @@ class ChunkRouter:
             if lock.try_acquire():
                 try:
                     if not self._found_on(disk, key):
-                        await self._fetch_and_store([key])
+                        await self._fill_owned([key])
                 finally:
                     lock.release()
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
+
+    async def _fill_owned(self, keys: list[ChunkKey]) -> None:
+        """Fill keys this process holds the locks of: shared tier, then origin."""
+        if self.shared is not None and keys:
+            found = await asyncio.gather(*(self.shared.get(k) for k in keys))
+            hits = [(k, v) for k, v in zip(keys, found, strict=True) if v is not None]
+            if hits:
+                await self._accept(hits, publish=False)
+            keys = [k for k, v in zip(keys, found, strict=True) if v is None]
+        if keys:
+            await asyncio.gather(
+                *(self._fetch_and_store(g) for g in _adjacent_runs(keys, len(keys)))
+            )
 
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
@@ -404,7 +421,15 @@ class ChunkRouter:
         whole = memoryview(data)
         views = [whole[k.start - first.start : k.stop - first.start] for k in keys]
         self.stats.fills += len(keys)
-        for key, view in zip(keys, views, strict=True):
+        await self._accept(
+            list(zip(keys, views, strict=True)), publish=self.shared is not None
+        )
+
+    async def _accept(
+        self, items: list[tuple[ChunkKey, memoryview]], *, publish: bool
+    ) -> None:
+        """Hand fetched chunks to readers and store them in the tiers."""
+        for key, view in items:
             if key in self._prefetching and self.staging is not None:
                 self._prefetching.discard(key)
                 if self.ram is not None and key in self.ram:
@@ -417,7 +442,17 @@ class ChunkRouter:
             self._resolve(key, view)
         if self.disks:
             # Disk writes leave the loop's thread: a slow disk stalls no fetch.
-            await asyncio.to_thread(self._store, list(zip(keys, views, strict=True)))
+            await asyncio.to_thread(self._store, items)
+        if publish and self.shared is not None:
+            # Write-back to the shared tier, in the background.
+            task = asyncio.get_running_loop().create_task(self._publish(items))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
+        assert self.shared is not None
+        for key, view in items:
+            await self.shared.put(key, view)
 
     async def adopt(
         self, version: FileVersion, chunk_size: int, start: int, data: bytes
@@ -455,6 +490,8 @@ class ChunkRouter:
         try:
             if self.disks:
                 await asyncio.to_thread(self._store, items)
+            if self.shared is not None:
+                await self._publish(items)
         finally:
             for key, view in items:
                 fut = self._inflight.get(key)

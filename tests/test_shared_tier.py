@@ -1,0 +1,140 @@
+"""The shared tier: two "nodes" (separate processes, separate disk tiers)
+sharing a directory. Origin traffic is measured at the origin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.origin import HTTPOrigin, make_shards
+from cachefs import CacheFileSystem
+
+MiB = 2**20
+REPO = Path(__file__).resolve().parents[1]
+
+NODE = """
+import hashlib, json, sys
+import fsspec
+from cachefs import CacheFileSystem
+urls, cache_dir, shared = json.loads(sys.argv[1])
+fs = CacheFileSystem(target_protocol="http", cache_dir=cache_dir, shared=shared,
+                     chunk_size="256kB", skip_instance_cache=True)
+digests = {}
+for url in urls:
+    digests[url] = hashlib.sha256(fs.cat_file(url)).hexdigest()
+fs.wait_idle()
+print(json.dumps({"digests": digests, "stats": fs.cache_stats()}))
+"""
+
+
+def run_node(urls: list[str], cache_dir: Path, shared: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", NODE, json.dumps([urls, str(cache_dir), shared])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def dataset() -> dict[str, bytes]:
+    return make_shards(6, MiB + 4321, seed=17, prefix="ds/")
+
+
+def sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_second_node_reads_from_the_shared_tier(dataset, tmp_path):
+    shared = f"file://{tmp_path / 'shared'}"
+    total = sum(len(v) for v in dataset.values())
+    with HTTPOrigin(files=dataset) as origin:
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        a = run_node(urls, tmp_path / "node-a", shared)
+        assert origin.stats.bytes_sent == total  # node A: the dataset, once
+        assert a["stats"]["shared"]["puts"] > 0
+        origin.reset_stats()
+        b = run_node(urls, tmp_path / "node-b", shared)
+        assert origin.stats.bytes_sent == 0  # node B: nothing from the origin
+        assert b["stats"]["shared"]["hit_bytes"] == total
+        want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
+    assert a["digests"] == want and b["digests"] == want
+
+
+def test_damaged_shared_chunk_is_not_served(dataset, tmp_path):
+    shared_dir = tmp_path / "shared"
+    with HTTPOrigin(files=dataset) as origin:
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        run_node(urls, tmp_path / "node-a", f"file://{shared_dir}")
+        records = sorted(p for p in (shared_dir / "chunks").rglob("*") if p.is_file())
+        victims = records[:3]
+        for i, path in enumerate(victims):
+            raw = bytearray(path.read_bytes())
+            if i == 0:
+                raw[-1] ^= 0x01  # a flipped bit in the payload
+            elif i == 1:
+                raw = raw[: len(raw) // 2]  # a partial record
+            else:
+                raw[:4] = b"XXXX"  # a broken header
+            path.write_bytes(bytes(raw))
+        origin.reset_stats()
+        b = run_node(urls, tmp_path / "node-b", f"file://{shared_dir}")
+        want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
+    assert b["stats"]["shared"]["checksum_failures"] == 3
+    assert 0 < origin.stats.bytes_sent <= 3 * 256_000
+    assert b["digests"] == want
+
+
+def test_node_killed_mid_publish_leaves_nothing_taken_for_good(dataset, tmp_path):
+    shared = f"file://{tmp_path / 'shared'}"
+    with HTTPOrigin(files=dataset, bandwidth=4 * MiB) as origin:
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                NODE,
+                json.dumps([urls, str(tmp_path / "a"), shared]),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # mid-dataset: fetching and publishing
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        origin.bandwidth = None
+        b = run_node(urls, tmp_path / "b", shared)
+        want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
+    assert b["stats"]["shared"]["checksum_failures"] == 0
+    assert b["digests"] == want
+
+
+def test_shared_option_shapes_and_errors(tmp_path):
+    fs = CacheFileSystem(
+        target_protocol="memory",
+        cache_dir=str(tmp_path / "c"),
+        shared={"protocol": "file", "root": str(tmp_path / "s")},
+        skip_instance_cache=True,
+    )
+    fs.pipe_file("/x.bin", b"hello" * 1000)
+    assert fs.cat_file("/x.bin") == b"hello" * 1000
+    fs.wait_idle()
+    assert fs.cache_stats()["shared"]["puts"] == 1
+    with pytest.raises(ValueError, match="shared"):
+        CacheFileSystem(
+            target_protocol="memory", shared={"root": 3}, skip_instance_cache=True
+        )
+    with pytest.raises(TypeError, match="shared must be a URL or a dict"):
+        CacheFileSystem(target_protocol="memory", shared=42, skip_instance_cache=True)
