@@ -35,13 +35,22 @@ class CachedFile(io.RawIOBase):
     fs
         The owning filesystem.
     version
-        The version of the file being read; the object reads that version
-        even if the origin changes while it is open.
+        The version of the file being read; over HTTP, a fetch that finds
+        the origin changed raises ``StaleVersionError`` rather than mixing
+        versions.
+    pinned
+        Chunks already in hand (read while opening), kept for this file
+        whether or not a tier admitted them.
     """
 
     mode = "rb"
 
-    def __init__(self, fs: CacheFileSystem, version: FileVersion) -> None:
+    def __init__(
+        self,
+        fs: CacheFileSystem,
+        version: FileVersion,
+        pinned: dict[ChunkKey, memoryview] | None = None,
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.version = version
@@ -51,6 +60,7 @@ class CachedFile(io.RawIOBase):
         self._router = fs.router
         self._pos = 0
         self._keys: dict[int, ChunkKey] = {}
+        self._pinned = {k.index: v for k, v in (pinned or {}).items()}
         self._window: ReadaheadWindow | None = None
         if fs.readahead and self._router.staging is not None:
             self._window = ReadaheadWindow(self.chunk_size, fs.readahead)
@@ -189,6 +199,7 @@ class CachedFile(io.RawIOBase):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._router.abandon, keys)
         self._keys.clear()
+        self._pinned.clear()
         super().close()
 
     def info(self) -> dict[str, Any]:
@@ -247,6 +258,8 @@ class CachedFile(io.RawIOBase):
     def _chunk(self, index: int) -> memoryview:
         key = self._keys.get(index) or self._key(index)
         view = self._router.get_cached(key)
+        if view is None and self._pinned:
+            view = self._pinned.get(index)
         if view is None:
             if self.closed:
                 raise ValueError(f"I/O operation on closed file {self.path}")
@@ -254,7 +267,10 @@ class CachedFile(io.RawIOBase):
         return view
 
     def _fetch(self, keys: list[ChunkKey]) -> list[memoryview]:
-        views: list[memoryview] = sync(self.fs.loop, self._router.get_chunks, keys)
+        known = {k: self._pinned[k.index] for k in keys if k.index in self._pinned}
+        views: list[memoryview] = sync(
+            self.fs.loop, self._router.get_chunks, keys, known
+        )
         return views
 
     def _copy_range(self, start: int, stop: int, out: memoryview) -> None:
@@ -263,7 +279,7 @@ class CachedFile(io.RawIOBase):
         cs = self.chunk_size
         first, last = start // cs, (stop - 1) // cs
         keys = [self._key(i) for i in range(first, last + 1)]
-        views = [self._router.get_cached(k) for k in keys]
+        views = [self._router.get_cached(k) or self._pinned.get(k.index) for k in keys]
         if any(v is None for v in views):
             views = self._fetch(keys)  # type: ignore[assignment]
         written = 0

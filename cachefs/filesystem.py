@@ -509,6 +509,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
     ) -> bytes:
         tpath = self._target_path(path)
         version = self._known_version(tpath)
+        first_views: dict[ChunkKey, memoryview] = {}
         if version is None:
             if (start is not None and start < 0) or not self._first_read_fetches(tpath):
                 version = await self._version(tpath)
@@ -518,13 +519,13 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
                 span = self.router.max_coalesce
                 if end is not None and end >= 0:
                     span = min(span, max(end - first, 1))
-                version = await self._resolve_span(tpath, first, span)
+                version, first_views = await self._resolve_span(tpath, first, span)
         lo, hi = self._clip(version.size, start, end)
         if hi <= lo:
             return b""
         keys = self._span_keys(version, lo, hi)
         try:
-            views = await self.router.get_chunks(keys)
+            views = await self.router.get_chunks(keys, first_views)
         except StaleVersionError:
             # The origin changed since the version was cached: forget it and
             # read the new version (never a mix of both).
@@ -545,89 +546,37 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             self.target_protocol, tpath
         )
 
-    async def _resolve_span(self, tpath: str, start: int, length: int) -> FileVersion:
+    async def _resolve_span(
+        self, tpath: str, start: int, length: int
+    ) -> tuple[FileVersion, dict[ChunkKey, memoryview]]:
         """Learn ``tpath``'s version with a read of ``[start, start+length)``.
 
         Over HTTP this is one ranged GET; the whole chunks it returns are
-        cached like any fill. Elsewhere it is an ``info`` call.
+        cached like any fill, and returned too (a tier may not admit them).
+        Elsewhere it is an ``info`` call. Processes sharing a disk tier take
+        a per-file lock for it: the others wait, then find the version and
+        the chunks in the cache.
         """
-        cs = self.chunk_size
-        stop = start + max(cs, -(-length // cs) * cs)
-        info, data = await self.fetcher.fetch_with_info(tpath, start, stop)
-        self._infos.put(tpath, info)
-        version = self._version_from_info(tpath, info)
-        if data:
-            await self.router.adopt(version, cs, start, data)
-        return version
-
-    async def _cat_ranges(
-        self,
-        paths: list[str],
-        starts: list[int | None] | int | None,
-        ends: list[int | None] | int | None,
-        max_gap: int | None = None,
-        batch_size: int | None = None,
-        on_error: str = "return",
-        **kwargs: Any,
-    ) -> list[bytes | Exception]:
-        if not isinstance(paths, list):
-            raise TypeError("paths must be a list")
-        n = len(paths)
-        starts_l = starts if isinstance(starts, list) else [starts] * n
-        ends_l = ends if isinstance(ends, list) else [ends] * n
-        if len(starts_l) != n or len(ends_l) != n:
-            raise ValueError("paths, starts and ends must have the same length")
-
-        # Resolve each file once, then ask the router for every chunk of
-        # every range together, so adjacent misses coalesce across ranges.
-        unique = list(dict.fromkeys(self._target_path(p) for p in paths))
-        found = await asyncio.gather(
-            *(self._version(p) for p in unique), return_exceptions=True
-        )
-        versions = dict(zip(unique, found, strict=True))
-        wanted: dict[ChunkKey, None] = {}
-        plans: list[tuple[list[ChunkKey], int, int] | BaseException] = []
-        for path, start, end in zip(paths, starts_l, ends_l, strict=True):
-            version = versions[self._target_path(path)]
-            if isinstance(version, BaseException):
-                plans.append(version)
-                continue
-            lo, hi = self._clip(version.size, start, end)
-            keys = self._span_keys(version, lo, hi) if hi > lo else []
-            wanted.update(dict.fromkeys(keys))
-            plans.append((keys, lo, hi))
-        fetched: dict[ChunkKey, memoryview] = {}
-        results: list[Any]
+        lock = self.router.file_lock(self.target_protocol, tpath)
+        if lock is not None and not lock.try_acquire():
+            await self.router.acquire(lock)  # another process is reading it
+            lock.release()
+            return await self._version(tpath), {}
         try:
-            keys = list(wanted)
-            views = await self.router.get_chunks(keys) if keys else []
-            fetched = dict(zip(keys, views, strict=True))
-        except Exception:
-            # Some chunk failed: read range by range, so that each range
-            # reports its own outcome.
-            results = await asyncio.gather(
-                *(
-                    self._cat_file(p, s, e)
-                    for p, s, e in zip(paths, starts_l, ends_l, strict=True)
-                ),
-                return_exceptions=True,
-            )
-        else:
-            results = [
-                plan
-                if isinstance(plan, BaseException)
-                else self._assemble(plan[0], [fetched[k] for k in plan[0]], *plan[1:])
-                for plan in plans
-            ]
-        out: list[bytes | Exception] = []
-        for r in results:
-            if isinstance(r, BaseException):
-                if on_error == "raise" or not isinstance(r, Exception):
-                    raise r
-                out.append(r)
-            else:
-                out.append(r)
-        return out
+            cs = self.chunk_size
+            stop = start + max(cs, -(-length // cs) * cs)
+            info, data = await self.fetcher.fetch_with_info(tpath, start, stop)
+            self._infos.put(tpath, info)
+            version = self._version_from_info(tpath, info)
+            views: dict[ChunkKey, memoryview] = {}
+            if data:
+                stored = await self.router.adopt(version, cs, start, data, views)
+                if stored is not None and lock is not None:
+                    await asyncio.shield(stored)  # on disk before the lock goes
+            return version, views
+        finally:
+            if lock is not None:
+                lock.release()
 
     async def _get_file(
         self,
@@ -662,15 +611,16 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         if mode == "rb":
             tpath = self._target_path(path)
             version = self._known_version(tpath)
+            pinned: dict[ChunkKey, memoryview] = {}
             if version is None:
                 if self.readahead and self._first_read_fetches(tpath):
                     # The first chunk comes with the size: no HEAD round trip.
-                    version = sync(
+                    version, pinned = sync(
                         self.loop, self._resolve_span, tpath, 0, self.chunk_size
                     )
                 else:
                     version = sync(self.loop, self._version, tpath)
-            return CachedFile(self, version)
+            return CachedFile(self, version, pinned)
         if mode not in _WRITE_MODES:
             raise ValueError(
                 f"mode={mode!r} is not supported by cachefs; "

@@ -189,9 +189,18 @@ class ChunkRouter:
 
     # -- misses (event loop) -------------------------------------------------
 
-    async def get_chunks(self, keys: Sequence[ChunkKey]) -> list[memoryview]:
-        """Return the chunks for ``keys``, fetching the missing ones."""
-        views: list[memoryview | None] = [self.get_cached(k) for k in keys]
+    async def get_chunks(
+        self,
+        keys: Sequence[ChunkKey],
+        known: dict[ChunkKey, memoryview] | None = None,
+    ) -> list[memoryview]:
+        """Return the chunks for ``keys``, fetching the missing ones.
+
+        ``known`` holds chunks the caller already has in hand.
+        """
+        views: list[memoryview | None] = [
+            (known.get(k) if known else None) or self.get_cached(k) for k in keys
+        ]
         missing = [k for k, v in zip(keys, views, strict=True) if v is None]
         if not missing:
             return views  # type: ignore[return-value]
@@ -455,12 +464,19 @@ class ChunkRouter:
             await self.shared.put(key, view)
 
     async def adopt(
-        self, version: FileVersion, chunk_size: int, start: int, data: bytes
-    ) -> None:
+        self,
+        version: FileVersion,
+        chunk_size: int,
+        start: int,
+        data: bytes,
+        views: dict[ChunkKey, memoryview] | None = None,
+    ) -> asyncio.Task[None] | None:
         """Cache the whole chunks in ``data``, read from ``start`` of the file.
 
         Until they are on disk, the chunks stay reachable as resolved
-        in-flight futures, so no reader fetches them again meanwhile.
+        in-flight futures, so no reader fetches them again meanwhile. Fills
+        ``views`` with the chunks and returns the task storing them (await it
+        to know they are on disk).
         """
         whole = memoryview(data)
         loop = asyncio.get_running_loop()
@@ -480,11 +496,28 @@ class ChunkRouter:
                 fut.set_result(view)
                 self._inflight[key] = fut
             items.append((key, view))
+            if views is not None:
+                views[key] = view
             self.stats.fills += 1
-        if items:
-            task = loop.create_task(self._store_adopted(items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not items:
+            return None
+        task = loop.create_task(self._store_adopted(items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def file_lock(self, protocol: str, path: str) -> StripeLock | None:
+        """Return the cross-process lock for learning a file's version."""
+        if not self.disks:
+            return None
+        return self.disks[0].file_lock(f"{protocol}\0{path}")
+
+    async def acquire(self, lock: StripeLock) -> None:
+        """Wait (polling, off any thread) until ``lock`` is ours."""
+        delay = _POLL_FIRST
+        while not lock.try_acquire():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
 
     async def _store_adopted(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
@@ -414,6 +415,15 @@ class DiskTier:
     def stripe_lock(self, key: ChunkKey) -> StripeLock:
         """Return the (unacquired) cross-process lock for ``key``'s stripe."""
         return StripeLock(self._locks / key.digest[:4])
+
+    def file_lock(self, name: str) -> StripeLock:
+        """Return the (unacquired) cross-process lock for one origin file.
+
+        Held while a process learns a new file's version from a ranged read,
+        so other processes wait for that read instead of repeating it.
+        """
+        digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+        return StripeLock(self._locks / f"file-{digest[:4]}")
 
     # -- housekeeping --------------------------------------------------------
 
