@@ -66,6 +66,21 @@ def _secure_dir(path: Path) -> None:
         )
 
 
+_UNLOCKED_WARNED = False
+
+
+def _warn_unlocked(path: Path, exc: OSError) -> None:
+    global _UNLOCKED_WARNED
+    if not _UNLOCKED_WARNED:
+        _UNLOCKED_WARNED = True
+        warnings.warn(
+            f"cachefs: cannot create lock file {str(path)!r} ({exc.strerror}); "
+            "reading on without cross-process single-flight",
+            ResourceWarning,
+            stacklevel=4,
+        )
+
+
 class StripeLock:
     """An exclusive ``flock`` on one of the tier's lock stripes.
 
@@ -80,8 +95,17 @@ class StripeLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free; return whether it was taken."""
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        """Take the lock if it is free; return whether it was taken.
+
+        If the lock file cannot be created (no inodes left, a read-only
+        directory), the caller proceeds without cross-process exclusion: a
+        chunk may then be fetched twice, but the reader is not failed.
+        """
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        except OSError as exc:
+            _warn_unlocked(self._path, exc)
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -184,22 +208,69 @@ class DiskTier:
 
     def contains(self, key: ChunkKey) -> bool:
         """Return whether a file exists for ``key`` (not verified)."""
-        return key.digest in self._maps or self.path_for(key.digest).exists()
+        digest = key.digest
+        if digest in self._maps:
+            return True
+        with self._shard(digest, create=False) as dfd:
+            if dfd is None:
+                return False
+            try:
+                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return stat.S_ISREG(st.st_mode)
+
+    @contextlib.contextmanager
+    def _shard(self, digest: str, *, create: bool) -> Iterator[int | None]:
+        """Open ``chunks/<d[:2]>`` without following a symlink put there.
+
+        Every chunk file operation goes through this descriptor, so nothing
+        outside the cache directory is ever read, written or removed. A
+        symlink or stray file in a shard's place is replaced when ``create``.
+        """
+        shard = self._chunks / digest[:2]
+        flags = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+        try:
+            dfd = os.open(shard, flags)
+        except FileNotFoundError:
+            if not create:
+                yield None
+                return
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(shard, 0o700)
+            dfd = os.open(shard, flags)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            log.warning("cachefs: %s is not a directory; replacing it", shard)
+            if not create:
+                yield None
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shard)
+            os.mkdir(shard, 0o700)
+            dfd = os.open(shard, flags)
+        try:
+            yield dfd
+        finally:
+            os.close(dfd)
 
     def _map(self, digest: str, expected: int) -> memoryview | None:
-        path = self.path_for(digest)
-        try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                self._drop_damaged(path, "is a symlink")
-            return None
+        with self._shard(digest, create=False) as dfd:
+            if dfd is None:
+                return None
+            try:
+                fd = os.open(digest, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    self._drop_damaged(digest, "is a symlink")
+                return None
         try:
             size = os.fstat(fd).st_size
             if size < CHUNK_HEADER.size:
-                self._drop_damaged(path, "is truncated")
+                self._drop_damaged(digest, "is truncated")
                 return None
             mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
@@ -219,7 +290,7 @@ class DiskTier:
             view.release()
             mapped.close()
             if chunk is None:
-                self._drop_damaged(path, "failed its checksum")
+                self._drop_damaged(digest, "failed its checksum")
             else:
                 self._touch(digest, now)
             return chunk
@@ -232,21 +303,35 @@ class DiskTier:
         return chunk
 
     def _touch(self, digest: str, now: float) -> None:
-        with contextlib.suppress(OSError):
-            os.utime(self.path_for(digest))
+        with contextlib.suppress(OSError), self._shard(digest, create=False) as dfd:
+            if dfd is not None:
+                os.utime(digest, dir_fd=dfd, follow_symlinks=False)
         entry = self._maps.get(digest)
         if entry is not None:
             self._maps[digest] = (entry[0], now)
 
-    def _drop_damaged(self, path: Path, why: str) -> None:
+    def _drop_damaged(self, digest: str, why: str) -> None:
         self.stats.checksum_failures += 1
-        log.warning("cachefs: dropping chunk file %s: it %s", path, why)
-        try:
-            size = os.lstat(path).st_size
-            os.unlink(path)
-        except OSError:
-            return
-        self._adjust_usage(-size)
+        log.warning(
+            "cachefs: dropping chunk file %s: it %s", self.path_for(digest), why
+        )
+        self._remove(digest)
+
+    def _remove(self, digest: str) -> bool:
+        """Unlink a chunk file and count it off the usage, under the lock."""
+        with self._lock:
+            self._maps.pop(digest, None)
+        with self._usage_locked() as ufd, self._shard(digest, create=False) as dfd:
+            if dfd is None:
+                return False
+            try:
+                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+                os.unlink(digest, dir_fd=dfd)
+            except FileNotFoundError:
+                return False
+            if stat.S_ISREG(st.st_mode):
+                self._write_usage(ufd, max(self._read_usage(ufd) - st.st_size, 0))
+        return True
 
     # -- writes --------------------------------------------------------------
 
@@ -263,30 +348,48 @@ class DiskTier:
             self.stats.rejected += 1
             return False
         digest = key.digest
-        final = self.path_for(digest)
         tmp = self._tmp / f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
             self._write_new(tmp, head, payload)
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            try:
-                # link() publishes only if absent: a concurrent writer of the
-                # same chunk cannot make us count its bytes twice.
-                os.link(tmp, final, follow_symlinks=False)
-                published = True
-            except FileExistsError:
-                published = False
+            published = self._publish(tmp, digest, size)
         except OSError as exc:
-            self._unlink_quietly(tmp)
             self.stats.rejected += 1
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._warn_full(exc)
                 return False
             raise
-        self._unlink_quietly(tmp)
+        finally:
+            self._unlink_quietly(tmp)
         if published:
             self.stats.puts += 1
             self.stats.put_bytes += length
-            self._adjust_usage(size)
+        return True
+
+    def _publish(self, tmp: Path, digest: str, size: int) -> bool:
+        """Link ``tmp`` into place and count it, in one locked step.
+
+        ``link`` publishes only if absent, so a concurrent writer of the same
+        chunk is not counted twice; doing it under the usage lock keeps the
+        counter equal to the files an eviction scan sees.
+        """
+        with self._usage_locked() as ufd, self._shard(digest, create=True) as dfd:
+            assert dfd is not None
+            try:
+                os.link(tmp, digest, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileExistsError:
+                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    return False
+                os.unlink(digest, dir_fd=dfd)  # not ours: a planted link
+                os.link(tmp, digest, dst_dir_fd=dfd, follow_symlinks=False)
+            counted = os.pread(ufd, 8, 0)
+            if len(counted) == 8:
+                usage = int.from_bytes(counted, "little") + size
+            else:  # no counter yet: the scan sees the new file too
+                usage = sum(e.size for e in self._scan())
+            if usage > self.limit:
+                usage = self._evict_locked()
+            self._write_usage(ufd, usage)
         return True
 
     def _write_new(self, path: Path, header: bytes, payload: memoryview) -> None:
@@ -316,16 +419,7 @@ class DiskTier:
 
     def discard(self, key: ChunkKey) -> None:
         """Remove the chunk's file if present."""
-        digest = key.digest
-        with self._lock:
-            self._maps.pop(digest, None)
-        path = self.path_for(digest)
-        try:
-            size = os.lstat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        self._adjust_usage(-size)
+        self._remove(key.digest)
 
     def clear(self) -> None:
         """Remove every chunk file (other processes simply refetch)."""
@@ -333,7 +427,7 @@ class DiskTier:
             self._maps.clear()
         with self._usage_locked() as fd:
             for entry in self._scan():
-                self._unlink_quietly(self.path_for(entry.name))
+                self._unlink_chunk(entry.name)
             self._write_usage(fd, 0)
 
     # -- budget --------------------------------------------------------------
@@ -350,16 +444,9 @@ class DiskTier:
     def __len__(self) -> int:
         return sum(1 for _ in self._scan())
 
-    def _adjust_usage(self, delta: int) -> None:
-        with self._usage_locked() as fd:
-            raw = os.pread(fd, 8, 0)
-            if len(raw) == 8:
-                usage = int.from_bytes(raw, "little") + delta
-            else:
-                usage = sum(e.size for e in self._scan())
-            if usage > self.limit:
-                usage = self._evict_locked()
-            self._write_usage(fd, max(usage, 0))
+    def _read_usage(self, fd: int) -> int:
+        raw = os.pread(fd, 8, 0)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
 
     @contextlib.contextmanager
     def _usage_locked(self) -> Iterator[int]:
@@ -388,7 +475,7 @@ class DiskTier:
                 break
             with self._lock:
                 self._maps.pop(entry.name, None)
-            if self._unlink_quietly(self.path_for(entry.name)):
+            if self._unlink_chunk(entry.name):
                 usage -= entry.size
                 self.stats.evictions += 1
                 self.stats.evicted_bytes += entry.size
@@ -409,6 +496,16 @@ class DiskTier:
                     except FileNotFoundError:
                         continue
                     yield DiskEntry(entry.name, st.st_size, st.st_mtime)
+
+    def _unlink_chunk(self, digest: str) -> bool:
+        with self._shard(digest, create=False) as dfd:
+            if dfd is None:
+                return False
+            try:
+                os.unlink(digest, dir_fd=dfd)
+            except FileNotFoundError:
+                return False
+        return True
 
     # -- cross-process single flight -----------------------------------------
 
