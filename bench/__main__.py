@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import hot_path
+from bench import cold_shards, hot_path
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
 from cachefs import parse_size
 
@@ -29,6 +29,8 @@ Scenario = Callable[[bool, argparse.Namespace], list[Row]]
 #: Registered scenarios, in the order ``python -m bench`` runs them.
 SCENARIOS: dict[str, Scenario] = {
     "hot_path": hot_path.run,
+    "cold_shards": cold_shards.run,
+    "consumer_wait": cold_shards.run_consumer_wait,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -121,3 +121,89 @@ def test_unmet_targets_are_shown() -> None:
     table = format_table([slow, fast])
     assert "UNMET" in table and "targets met: 1/2" in table
     assert "UNMET: r: cachefs is 0.50x peer, target >= 1x" in table
+
+
+# (row prefix, system, reference, target) of every targeted comparison.
+COLD_SHARDS_TARGETS = {
+    ("1", "cachefs readahead", "blockcache", ">= 3x"),
+    ("1", "cachefs readahead", "simplecache", ">= 1.5x"),
+    ("1", "cachefs prefetch", "blockcache", ">= 3x"),
+    ("1", "cachefs prefetch", "simplecache", ">= 1.5x"),
+}
+CONSUMER_WAIT_TARGETS = {
+    ("1", "cachefs prefetch+readahead", "cachefs demand only", ">= 10x"),
+}
+
+
+def _check_scenario_doc(
+    doc: dict[str, Any], name: str, targets: set[tuple[str, str, str, str]]
+) -> None:
+    assert doc["scenario"] == name and doc["quick"] is True
+    rows = doc["rows"]
+    assert rows
+    for row in rows:
+        assert row["row"] and row["system"] and row["unit"], row
+        assert _number(row["value"]) and row["value"] >= 0, row
+        assert row["samples"] and all(_number(s) for s in row["samples"]), row
+        if row["reference"] is not None:
+            assert _number(row["ratio"]) and row["ratio"] > 0, row
+        if row["target"] is not None:
+            assert isinstance(row["met"], bool), row
+        detail = row["detail"]
+        assert "GIL" in detail["origin_model"]
+        assert detail["shard_bytes"] == 2**20
+        assert detail["dataset_bytes"] == detail["shards"] * 2**20
+        # Every system's origin traffic is recorded.
+        assert _number(detail["origin_bytes_median"])
+        assert _number(detail["origin_requests_median"])
+    targeted = {
+        (r["row"].split()[0], r["system"], r["reference"], r["target"])
+        for r in rows
+        if r["target"] is not None
+    }
+    assert targeted == targets
+    summary = doc["summary"]
+    assert summary["targets"] == len(targets)
+    assert summary["met"] + len(summary["unmet"]) == summary["targets"]
+
+
+def test_cold_shards_and_consumer_wait_tiny_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert {"cold_shards", "consumer_wait"} <= set(SCENARIOS)
+    argv = ["cold_shards", "consumer_wait", "--quick", "--size", "1MiB"]
+    argv += ["--reps", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "## cold_shards (quick)" in printed
+    assert "## consumer_wait (quick)" in printed
+    assert "origin model:" in printed and "targets met:" in printed
+
+    cold = json.loads((tmp_path / "cold_shards.json").read_text())
+    _check_scenario_doc(cold, "cold_shards", COLD_SHARDS_TARGETS)
+    systems = {r["system"] for r in cold["rows"]}
+    assert {
+        "http (plain fsspec)",
+        "simplecache",
+        "blockcache",
+        "cachefs readahead",
+        "cachefs prefetch",
+        "ceiling: 1 GET/shard, 0 ms",
+    } <= systems
+    by_unit = {(r["row"].split()[0], r["system"]): r for r in cold["rows"]}
+    # Reading the whole dataset costs at least one request per shard and at
+    # least the dataset's bytes.
+    for system in systems:
+        assert by_unit[("3", system)]["value"] >= 1, system
+        assert by_unit[("4", system)]["value"] >= 1, system
+    ceiling = by_unit[("3", "ceiling: 1 GET/shard, 0 ms")]
+    assert ceiling["value"] == 1
+
+    wait = json.loads((tmp_path / "consumer_wait.json").read_text())
+    _check_scenario_doc(wait, "consumer_wait", CONSUMER_WAIT_TARGETS)
+    counters = [r for r in wait["rows"] if r["row"].startswith("3 ")]
+    assert any(r["system"] == "cachefs prefetch+readahead" for r in counters)
+    issued = {r["system"]: r["value"] for r in wait["rows"] if r["row"][0] == "4"}
+    # Shards of one chunk leave readahead nothing to do; prefetch fetches them.
+    assert issued["cachefs prefetch+readahead: issued"] >= 1
