@@ -736,12 +736,9 @@ def run_consumer_wait(quick: bool, args: argparse.Namespace | None = None) -> li
         compare(epoch[READAHEAD], epoch[COMPUTE]),
         compare(epoch[FETCH_ONLY], epoch[COMPUTE]),
     ]
-    # cachefs's own counter (it lives in the prefetch staging area, so a
-    # filesystem with prefetch_limit=0 has none).
+    # cachefs's own counter of time readers waited for the origin.
     for name in (PREFETCH, READAHEAD, FETCH_ONLY, DEMAND):
-        counters = [r.extra["cache_stats"].get("prefetch") for r in runs[name]]
-        if not all(counters):
-            continue
+        counters = [r.extra["cache_stats"]["router"] for r in runs[name]]
         values = ms([c["wait_seconds"] for c in counters])
         rows.append(
             Row(

@@ -17,12 +17,11 @@ def fmt_bytes(n: float) -> str:
     if abs(n) < 1024:
         return f"{int(n)} B"
     value = float(n)
-    unit = "B"
     for unit in _UNITS:
         value /= 1024
-        if abs(value) < 1024:
-            break
-    return f"{value:.1f} {unit}"
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def fmt_duration(seconds: float) -> str:
@@ -95,7 +94,7 @@ class Progress:
         isatty = getattr(stream, "isatty", None)
         self.tty = bool(isatty()) if callable(isatty) else False
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = self.started  # the first line after one interval
         self._width = 0
         self.done = 0
         self.moved = 0

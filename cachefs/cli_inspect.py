@@ -216,6 +216,7 @@ class CacheView:
         self.chunk_size = chunk_size
         self.present = [_lstat_dir(d) for d in self.dirs]
         self._chunks: dict[str, ChunkFile] | None = None
+        self._scans: dict[Path, list[ChunkFile]] = {}
 
     # -- raw listings ---------------------------------------------------------
 
@@ -239,15 +240,21 @@ class CacheView:
                     continue  # removed meanwhile
                 yield ChunkFile(entry.name, Path(entry.path), st.st_size, st.st_mtime)
 
+    def files_in(self, root: Path) -> list[ChunkFile]:
+        """Return :meth:`scan` of ``root`` as a list, scanned once per view."""
+        if root not in self._scans:
+            present = self.present[self.dirs.index(root)]
+            self._scans[root] = list(self.scan(root)) if present else []
+        return self._scans[root]
+
     def chunks(self) -> dict[str, ChunkFile]:
         """Return the chunk files of all directories, by digest (cached)."""
         if self._chunks is None:
             found: dict[str, ChunkFile] = {}
-            for root, present in zip(self.dirs, self.present, strict=True):
-                if present:
-                    for cf in self.scan(root):
-                        if _DIGEST_RE.match(cf.digest):
-                            found.setdefault(cf.digest, cf)
+            for root in self.dirs:
+                for cf in self.files_in(root):
+                    if _DIGEST_RE.match(cf.digest):
+                        found.setdefault(cf.digest, cf)
             self._chunks = found
         return self._chunks
 
@@ -323,7 +330,9 @@ class CacheView:
         """Return the status of every recorded file matching any pattern."""
         records, _ = self.records()
         if patterns:
-            records = [r for r in records if any(p.matches(r.version) for p in patterns)]
+            records = [
+                r for r in records if any(p.matches(r.version) for p in patterns)
+            ]
         return [self.status(r) for r in records]
 
     def expected_lengths(self, records: Sequence[Record]) -> dict[str, int]:
@@ -365,7 +374,7 @@ def check_chunk_file(path: Path, expected: int | None) -> str | None:
         if not stat.S_ISREG(st.st_mode):
             return "is not a regular file"
         if st.st_size < CHUNK_HEADER.size:
-            return f"is truncated ({st.st_size} bytes, header alone is {CHUNK_HEADER.size})"
+            return f"is truncated ({st.st_size} bytes, shorter than its header)"
         with mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) as mapped:
             view = memoryview(mapped)
             try:
@@ -491,4 +500,5 @@ def clear_dirs(view: CacheView) -> tuple[int, int, int]:
                         os.unlink(root / "meta" / name)
                         records += 1
     view._chunks = None
+    view._scans.clear()
     return count, nbytes, records

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from cachefs.chunks import version_token
 from cachefs.errors import ShortReadError, StaleVersionError, classify
 
 __all__ = ["FetchStats", "Fetcher"]
@@ -157,8 +158,52 @@ class Fetcher:
     ) -> bytes:
         """Return exactly the bytes ``[start, stop)`` of ``path``.
 
-        With ``token`` (a version token) over HTTP, the response's ETag must
-        match it, so bytes of two versions never mix in the cache.
+        See :meth:`stream` for ``token`` and the errors raised.
+        """
+        parts: list[bytes | memoryview] = []
+
+        def keep(_: int, data: bytes | memoryview) -> None:
+            parts.append(data)
+
+        await self.stream(path, start, stop, stop - start, token=token, on_piece=keep)
+        if sum(len(p) for p in parts) != stop - start:
+            raise ShortReadError(f"{path}: the origin ended before byte {stop}")
+        return b"".join(parts)
+
+    async def stream(
+        self,
+        path: str,
+        start: int,
+        stop: int,
+        piece: int,
+        *,
+        on_piece: Callable[[int, bytes | memoryview], None],
+        token: str | None = None,
+        on_info: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Read ``[start, stop)`` of ``path`` in one ranged request.
+
+        Each ``piece``-aligned part is handed to ``on_piece(offset, data)`` as
+        soon as it has arrived, so readers of the first chunks of a long
+        coalesced range need not wait for the last. A transient fault is
+        retried from the first byte not yet delivered.
+
+        Parameters
+        ----------
+        path, start, stop
+            The range; ``stop`` may lie past the end of the file (clipped).
+        piece
+            Delivery granularity (the chunk size); parts end on multiples of
+            it or at the end of the range.
+        on_piece
+            Called on the event loop with each part.
+        token
+            A version token the response must match (over HTTP, by ETag):
+            bytes of two versions never mix in the cache.
+        on_info
+            Called once with the file's info before the first part. Over HTTP
+            it comes from the response headers (size from Content-Range, the
+            ETag): a file is opened without a separate HEAD round trip.
 
         Raises
         ------
@@ -172,64 +217,128 @@ class Fetcher:
         """
         sem, budget = self._caps()
         http = _is_http(self.target)
+        state: dict[str, Any] = {"pos": start, "token": token, "size": None}
 
-        async def once() -> bytes:
-            async with sem:
-                held = await budget.acquire(stop - start)
-                try:
-                    self.stats.requests += 1
-                    if http:
-                        info, data = await self._with_timeout(
-                            _http_get_range(self.target, path, start, stop)
-                        )
-                        _check_version(path, info, token)
-                    else:
-                        data = await self._with_timeout(
-                            self.call("cat_file", path, start=start, end=stop)
-                        )
-                finally:
-                    await budget.release(held)
-            if len(data) != stop - start:
-                raise ShortReadError(
-                    f"origin returned {len(data)} bytes for a {stop - start}-byte range"
+        def info_seen(info: dict[str, Any]) -> None:
+            _check_version(path, info, state["token"])
+            if state["size"] is None:
+                state["size"] = int(info["size"])
+                state["token"] = state["token"] or version_token(info)
+                if on_info is not None:
+                    on_info(info)
+
+        async def once() -> None:
+            if not http:
+                await self._stream_generic(
+                    path, stop, piece, state, info_seen, on_piece
                 )
-            self.stats.bytes += len(data)
-            return bytes(data) if not isinstance(data, bytes) else data
-
-        return await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
-
-    async def fetch_with_info(
-        self, path: str, start: int, stop: int
-    ) -> tuple[dict[str, Any], bytes]:
-        """Return ``path``'s info and its bytes ``[start, stop)`` (clipped).
-
-        Over HTTP this is one ranged GET: the response's ``Content-Range``
-        and ``ETag`` carry the size and version, so opening a file costs no
-        separate HEAD round trip. Other targets ask ``info`` first.
-        """
-        if not _is_http(self.target):
-            info = await self.info(path)
-            if info.get("type") == "directory" or info.get("size") is None:
-                return info, b""
-            size = int(info["size"])
-            lo, hi = min(start, size), min(stop, size)
-            return info, (await self.fetch(path, lo, hi) if hi > lo else b"")
-        sem, budget = self._caps()
-
-        async def once() -> tuple[dict[str, Any], bytes]:
+                return
             async with sem:
-                held = await budget.acquire(stop - start)
+                held = await budget.acquire(stop - state["pos"])
                 try:
                     self.stats.requests += 1
-                    info, body = await self._with_timeout(
-                        _http_get_range(self.target, path, start, stop)
+                    await self._with_timeout(
+                        self._stream_http(path, stop, piece, state, info_seen, on_piece)
                     )
                 finally:
                     await budget.release(held)
-            self.stats.bytes += len(body)
-            return info, body
 
-        return await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
+        await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
+
+    async def _stream_generic(
+        self,
+        path: str,
+        stop: int,
+        piece: int,
+        state: dict[str, Any],
+        info_seen: Callable[[dict[str, Any]], None],
+        on_piece: Callable[[int, bytes | memoryview], None],
+    ) -> None:
+        if state["size"] is None and state["token"] is None:
+            info = await self.info(path)
+            if info.get("type") == "directory" or info.get("size") is None:
+                raise IsADirectoryError(f"{path} is a directory")
+            info_seen(info)
+        pos = state["pos"]
+        hi = stop if state["size"] is None else min(stop, state["size"])
+        if hi <= pos:
+            return
+        sem, budget = self._caps()
+        async with sem:
+            held = await budget.acquire(hi - pos)
+            try:
+                self.stats.requests += 1
+                data = await self._with_timeout(
+                    self.call("cat_file", path, start=pos, end=hi)
+                )
+            finally:
+                await budget.release(held)
+        if len(data) != hi - pos:
+            raise ShortReadError(
+                f"origin returned {len(data)} bytes for a {hi - pos}-byte range"
+            )
+        self.stats.bytes += len(data)
+        whole = memoryview(data)
+        while pos < hi:
+            n = min(piece - pos % piece, hi - pos)
+            offset = pos - state["pos"]
+            on_piece(
+                pos, whole[offset : offset + n].tobytes() if n < len(data) else data
+            )
+            pos += n
+        state["pos"] = hi
+
+    async def _stream_http(
+        self,
+        url: str,
+        stop: int,
+        piece: int,
+        state: dict[str, Any],
+        info_seen: Callable[[dict[str, Any]], None],
+        on_piece: Callable[[int, bytes | memoryview], None],
+    ) -> None:
+        target: Any = self.target
+        kwargs = dict(target.kwargs)
+        headers = dict(kwargs.pop("headers", None) or {})
+        pos = state["pos"]
+        headers["Range"] = f"bytes={pos}-{stop - 1}"
+        session = await target.set_session()
+        async with session.get(target.encode_url(url), headers=headers, **kwargs) as r:
+            if r.status == 404:
+                raise FileNotFoundError(url)
+            if r.status == 416:  # the range starts past the end
+                size = int(r.headers.get("Content-Range", "*/0").rpartition("/")[2])
+            else:
+                r.raise_for_status()
+                if r.status == 206:
+                    size = int(r.headers["Content-Range"].rpartition("/")[2])
+                else:  # the server ignored the range and sends everything
+                    size = int(r.headers.get("Content-Length", -1))
+            info: dict[str, Any] = {"name": url, "size": size, "type": "file"}
+            for field in ("ETag", "Last-Modified"):
+                if r.headers.get(field):
+                    info[field] = r.headers[field]
+            if size < 0:
+                body = await r.read()
+                info["size"] = size = len(body)
+            info_seen(info)
+            hi = min(stop, size)
+            if r.status == 416 or hi <= pos:
+                return
+            if r.status == 200 and pos:
+                await r.content.readexactly(pos)  # skip what the range excluded
+            while pos < hi:
+                n = min(piece - pos % piece, hi - pos)
+                try:
+                    data = await r.content.readexactly(n)
+                except asyncio.IncompleteReadError as exc:
+                    raise ShortReadError(
+                        f"origin closed after {len(exc.partial)} of {n} bytes"
+                    ) from exc
+                self.stats.bytes += n
+                on_piece(pos, data)
+                pos += n
+                state["pos"] = pos
 
     async def _with_timeout(self, coro: Awaitable[T]) -> T:
         if self.timeout is None:
@@ -277,35 +386,3 @@ def _is_http(target: AbstractFileSystem) -> bool:
     from fsspec.implementations.http import HTTPFileSystem
 
     return isinstance(target, HTTPFileSystem)
-
-
-async def _http_get_range(
-    target: Any, url: str, start: int, stop: int
-) -> tuple[dict[str, Any], bytes]:
-    """One ranged GET through fsspec's HTTP session; info from its headers."""
-    kwargs = dict(target.kwargs)
-    headers = dict(kwargs.pop("headers", None) or {})
-    headers["Range"] = f"bytes={start}-{stop - 1}"
-    session = await target.set_session()
-    async with session.get(target.encode_url(url), headers=headers, **kwargs) as r:
-        if r.status == 404:
-            raise FileNotFoundError(url)
-        if r.status == 416:  # the range starts past the end
-            size = int(r.headers.get("Content-Range", "*/0").rpartition("/")[2])
-            body = b""
-        else:
-            r.raise_for_status()
-            body = await r.read()
-            if r.status == 206:
-                size = int(r.headers["Content-Range"].rpartition("/")[2])
-            else:  # the server ignored the range and sent everything
-                size = len(body)
-                body = body[start:stop]
-    want = max(0, min(stop, size) - start)
-    if len(body) != want:
-        raise ShortReadError(f"origin returned {len(body)} bytes for {want}")
-    info: dict[str, Any] = {"name": url, "size": size, "type": "file"}
-    for field in ("ETag", "Last-Modified"):
-        if r.headers.get(field):
-            info[field] = r.headers[field]
-    return info, body

@@ -193,6 +193,10 @@ class CachedFile(io.RawIOBase):
 
         Further reads raise ``ValueError``.
         """
+        window = self._window
+        if window is not None and not self.closed:
+            # Files read front to back make the next open read further ahead.
+            self.fs._note_access(window.size > 0 and window.expected > self.chunk_size)
         if self._ra_issued and self._router.loop is not None and not self.closed:
             keys, self._ra_issued = self._ra_issued, []
             loop = self._router.loop

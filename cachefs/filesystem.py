@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import io
 import os
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -267,6 +268,10 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             shared=self._make_shared(shared, codec),
         )
         self._forked = False
+        self._resolving: dict[str, asyncio.Future[FileVersion]] = {}
+        #: Bytes an open reads with its first request: one chunk, or the
+        #: first readahead window once opened files are read sequentially.
+        self._open_span = self.chunk_size
         self._handles: weakref.WeakSet[PrefetchHandle] = weakref.WeakSet()
         if not self.asynchronous:
             self.router.loop = self.loop
@@ -535,6 +540,13 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             return await self._cat_file(tpath, start, end, _retried=True)
         return self._assemble(keys, views, lo, hi)
 
+    def _note_access(self, sequential: bool) -> None:
+        """Widen the first read of an open after files read sequentially."""
+        window = min(self.readahead, self.router.max_coalesce)
+        self._open_span = (
+            max(window, self.chunk_size) if sequential else self.chunk_size
+        )
+
     def _first_read_fetches(self, tpath: str) -> bool:
         """Whether learning ``tpath``'s version may also fetch its first bytes.
 
@@ -547,36 +559,80 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         )
 
     async def _resolve_span(
-        self, tpath: str, start: int, length: int
+        self,
+        tpath: str,
+        start: int,
+        length: int,
+        *,
+        staged: bool = False,
+        reserved: int = 0,
     ) -> tuple[FileVersion, dict[ChunkKey, memoryview]]:
         """Learn ``tpath``'s version with a read of ``[start, start+length)``.
 
-        Over HTTP this is one ranged GET; the whole chunks it returns are
-        cached like any fill, and returned too (a tier may not admit them).
-        Elsewhere it is an ``info`` call. Processes sharing a disk tier take
-        a per-file lock for it: the others wait, then find the version and
-        the chunks in the cache.
+        Over HTTP this is one ranged GET whose headers carry size and ETag;
+        it returns as soon as they arrive, with the first chunk (handed back
+        too: a tier may not admit it), while the rest streams in as fills
+        that readers join. Elsewhere it is an ``info`` call and a read. One
+        resolution per file runs at a time in a process, and processes
+        sharing a disk tier take a per-file lock for it: the others wait,
+        then find version and chunks cached. ``staged``/``reserved``: the
+        read is a prefetch charged to the staging budget.
         """
-        lock = self.router.file_lock(self.target_protocol, tpath)
-        if lock is not None and not lock.try_acquire():
+        staging = self.router.staging
+        pending = self._resolving.get(tpath)
+        lock = None if pending else self.router.file_lock(self.target_protocol, tpath)
+        if pending is not None or (lock is not None and not lock.try_acquire()):
+            if staged and staging is not None:
+                staging.unreserve(reserved)
+            if pending is not None:
+                return await asyncio.shield(pending), {}
+            assert lock is not None
             await self.router.acquire(lock)  # another process is reading it
             lock.release()
             return await self._version(tpath), {}
-        try:
-            cs = self.chunk_size
-            stop = start + max(cs, -(-length // cs) * cs)
-            info, data = await self.fetcher.fetch_with_info(tpath, start, stop)
+        loop = asyncio.get_running_loop()
+        resolving: asyncio.Future[FileVersion] = loop.create_future()
+        resolving.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._resolving[tpath] = resolving
+        cs = self.chunk_size
+        began = time.perf_counter()
+
+        def make_version(info: dict[str, Any]) -> FileVersion:
             self._infos.put(tpath, info)
-            version = self._version_from_info(tpath, info)
-            views: dict[ChunkKey, memoryview] = {}
-            if data:
-                stored = await self.router.adopt(version, cs, start, data, views)
-                if stored is not None and lock is not None:
-                    await asyncio.shield(stored)  # on disk before the lock goes
-            return version, views
+            return self._version_from_info(tpath, info)
+
+        try:
+            stop = start + max(cs, -(-length // cs) * cs)
+            version = await self.router.open_stream(
+                tpath,
+                start,
+                stop,
+                cs,
+                make_version,
+                lock=lock,
+                staged=staged,
+                reserved=reserved,
+            )
+            lock = None  # the stream releases it once its chunks are stored
+            resolving.set_result(version)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                resolving.cancel()
+            else:
+                resolving.set_exception(exc)
+            raise
         finally:
+            self._resolving.pop(tpath, None)
             if lock is not None:
                 lock.release()
+        views: dict[ChunkKey, memoryview] = {}
+        if not staged and start < version.size:
+            first = version.key(cs, start // cs)
+            fut = self.router.inflight(first)
+            if fut is not None:
+                views[first] = await asyncio.shield(fut)
+            self.router.stats.wait_seconds += time.perf_counter() - began
+        return version, views
 
     async def _get_file(
         self,
@@ -614,9 +670,9 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             pinned: dict[ChunkKey, memoryview] = {}
             if version is None:
                 if self.readahead and self._first_read_fetches(tpath):
-                    # The first chunk comes with the size: no HEAD round trip.
+                    # The first chunks come with the size: no HEAD round trip.
                     version, pinned = sync(
-                        self.loop, self._resolve_span, tpath, 0, self.chunk_size
+                        self.loop, self._resolve_span, tpath, 0, self._open_span
                     )
                 else:
                     version = sync(self.loop, self._version, tpath)

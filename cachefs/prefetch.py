@@ -14,13 +14,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from cachefs.chunks import ChunkKey
+from cachefs.chunks import ChunkKey, FileVersion
 
 if TYPE_CHECKING:
     from cachefs.filesystem import CacheFileSystem
@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Batches an explicit prefetch keeps in flight at once.
+DEPTH = 2
 
 #: An explicit prefetch item: a path, or ``(path, start, end)``.
 PrefetchItem = str | tuple[str, int | None, int | None]
@@ -55,8 +58,6 @@ class PrefetchStats:
     staged_bytes, peak_staged_bytes
         Bytes held for readers now, and the most ever held (reservations of
         fetches in flight included).
-    wait_seconds
-        Time readers spent waiting for chunks to arrive from the origin.
     """
 
     issued: int = 0
@@ -65,7 +66,6 @@ class PrefetchStats:
     failed: int = 0
     staged_bytes: int = 0
     peak_staged_bytes: int = 0
-    wait_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Return the counters as a plain dict."""
@@ -332,65 +332,118 @@ class PrefetchHandle:
     _task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Fetch the items in order (runs on the filesystem's loop)."""
+        """Fetch the items in order (runs on the filesystem's loop).
+
+        At most :data:`DEPTH` batches are in flight at once, so the next
+        shard arrives first rather than all shards sharing the bandwidth;
+        a file's first batch also tells its version (no HEAD) where that is
+        allowed, and the versions of the next files are looked up ahead.
+        """
         self._task = asyncio.current_task()
-        router = self.fs.router
+        fs, router = self.fs, self.fs.router
+        staging = router.staging
+        assert staging is not None
         if self._task is not None:
             # Tracked with the router's fills: close() cancels and drains it.
             router._tasks.add(self._task)
             self._task.add_done_callback(router._tasks.discard)
         lookahead = 16
         resolving: dict[int, asyncio.Task[Any]] = {}
-        pending: set[asyncio.Future[memoryview]] = set()
+        in_flight: deque[asyncio.Future[Any]] = deque()
+        cs = fs.chunk_size
+        # A batch never asks for more than the whole budget.
+        group = max(1, min(router.max_coalesce, staging.limit) // cs)
 
-        def resolve(i: int) -> None:
+        def look_up(i: int) -> None:
             if i < len(self.items) and i not in resolving:
                 path = _item_path(self.items[i])
-                resolving[i] = asyncio.ensure_future(self.fs._version(path))
+                if fs._known_version(path) is None and not fs._first_read_fetches(path):
+                    resolving[i] = asyncio.ensure_future(fs._version(path))
 
         try:
             for i in range(min(lookahead, len(self.items))):
-                resolve(i)
+                look_up(i)
             for i, item in enumerate(self.items):
-                resolve(i + lookahead)
+                look_up(i + lookahead)
                 path = _item_path(item)
+                start, end = (None, None) if isinstance(item, str) else item[1:]
                 try:
-                    version = await resolving.pop(i)
+                    version = await self._version_of(
+                        path, i, resolving, (start, end), group
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self._fail(path, exc)
                     continue
-                start, end = (None, None) if isinstance(item, str) else item[1:]
-                lo, hi = self.fs._clip(version.size, start, end)
+                lo, hi = fs._clip(version.size, start, end)
                 if hi <= lo:
                     continue
                 self.total_bytes += hi - lo
-                keys = self.fs._span_keys(version, lo, hi)
-                # A batch never asks for more than the whole budget.
-                budget = min(router.max_coalesce, self._limit())
-                group = max(1, budget // self.fs.chunk_size)
+                keys = fs._span_keys(version, lo, hi)
                 for g in range(0, len(keys), group):
+                    while len(in_flight) >= DEPTH:
+                        await in_flight.popleft()
                     batch = keys[g : g + group]
                     self._keys.extend(batch)
                     futures = await router.prefetch(batch, wait=True)
-                    span = sum(
+                    self.done_bytes += sum(
                         min(hi, k.stop) - max(lo, k.start)
                         for k in batch
                         if k not in futures
                     )
-                    self.done_bytes += span
                     for key, fut in futures.items():
                         nbytes = min(hi, key.stop) - max(lo, key.start)
                         fut.add_done_callback(self._counter(path, nbytes))
-                        pending.add(fut)
-            if pending:
-                await asyncio.gather(
-                    *(asyncio.shield(f) for f in pending), return_exceptions=True
-                )
+                    if futures:
+                        batch_done = asyncio.gather(
+                            *(asyncio.shield(f) for f in futures.values()),
+                            return_exceptions=True,
+                        )
+                        # Cancelled on close(): nobody awaits it then.
+                        batch_done.add_done_callback(_quiet)
+                        in_flight.append(batch_done)
+            while in_flight:
+                await in_flight.popleft()
         finally:
             for task in resolving.values():
                 task.cancel()
+            for waiter in in_flight:
+                waiter.cancel()
+
+    async def _version_of(
+        self,
+        path: str,
+        i: int,
+        resolving: dict[int, asyncio.Task[Any]],
+        span_of: tuple[int | None, int | None],
+        group: int,
+    ) -> FileVersion:
+        """Return ``path``'s version, learning it from a first batch if new."""
+        fs = self.fs
+        start, end = span_of
+        version = fs._known_version(path)
+        if version is not None:
+            resolving.pop(i, None)
+            return version
+        task = resolving.pop(i, None)
+        if task is not None:
+            found: FileVersion = await task
+            return found
+        cs = fs.chunk_size
+        if (start is not None and start < 0) or not fs._first_read_fetches(path):
+            return await fs._version(path)
+        first = (start or 0) // cs * cs
+        span = group * cs
+        if end is not None and end >= 0:
+            span = min(span, max(-(-(end - first) // cs) * cs, cs))
+        staging = fs.router.staging
+        assert staging is not None
+        await staging.reserve(span)
+        version, _ = await fs._resolve_span(
+            path, first, span, staged=True, reserved=span
+        )
+        return version
 
     def _limit(self) -> int:
         staging = self.fs.router.staging
@@ -411,6 +464,11 @@ class PrefetchHandle:
     def _fail(self, path: str, exc: BaseException) -> None:
         self.failed.append((path, exc))
         log.warning("cachefs: prefetch of %s failed: %s", path, exc)
+
+
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _item_path(item: PrefetchItem) -> str:

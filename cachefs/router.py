@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ class RouterStats:
         Misses that waited for another process to fetch the chunk.
     promotions
         Disk hits copied up to the RAM tier.
+    wait_seconds
+        Time readers spent waiting for chunks to arrive from the origin.
     """
 
     fills: int = 0
@@ -53,8 +55,9 @@ class RouterStats:
     joined: int = 0
     waited: int = 0
     promotions: int = 0
+    wait_seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         """Return the counters as a plain dict."""
         return asdict(self)
 
@@ -215,9 +218,12 @@ class ChunkRouter:
                     if staged is not None and self.ram is not None:
                         self.ram.put(key, staged)
         finally:
-            if self.staging is not None:
-                self.staging.stats.wait_seconds += time.perf_counter() - began
+            self.stats.wait_seconds += time.perf_counter() - began
         return views  # type: ignore[return-value]
+
+    def inflight(self, key: ChunkKey) -> asyncio.Future[memoryview] | None:
+        """Return the fetch in flight for ``key``, if any (on the loop)."""
+        return self._inflight.get(key)
 
     def holds(self, key: ChunkKey) -> bool:
         """Return whether ``key`` is in RAM, staged, mapped or in flight.
@@ -257,7 +263,8 @@ class ChunkRouter:
         staging = self.staging
         if staging is None:
             return {}
-        todo = [k for k in keys if not self.is_cached(k)]
+        joined = {k: f for k in keys if (f := self._inflight.get(k)) is not None}
+        todo = [k for k in keys if k not in joined and not self.is_cached(k)]
         # Never ask for more than the whole budget at once.
         need = 0
         for i, key in enumerate(todo):
@@ -266,17 +273,17 @@ class ChunkRouter:
                 break
             need += key.length
         if not todo:
-            return {}
+            return joined
         if wait:
             await staging.reserve(need)
         elif not staging.try_reserve(need):
-            return {}
+            return joined
         futures, new = self.request(todo, prefetch=True)
-        joined = sum(k.length for k in todo if k not in new)
-        if joined:
-            staging.unreserve(joined)  # a demand fetch got there first
+        late = sum(k.length for k in todo if k not in new)
+        if late:
+            staging.unreserve(late)  # a demand fetch got there first
         staging.stats.issued += len(new)
-        return futures
+        return {**joined, **futures}
 
     def readahead_soon(self, keys: list[ChunkKey]) -> None:
         """Schedule a best-effort readahead of ``keys`` (any thread)."""
@@ -424,31 +431,54 @@ class ChunkRouter:
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
         self.stats.coalesced_requests += 1
-        data = await self.fetcher.fetch(
-            first.version.path, first.start, last.stop, first.version.token
-        )
-        whole = memoryview(data)
-        views = [whole[k.start - first.start : k.stop - first.start] for k in keys]
-        self.stats.fills += len(keys)
-        await self._accept(
-            list(zip(keys, views, strict=True)), publish=self.shared is not None
-        )
+        by_start = {k.start: k for k in keys}
+        got: list[tuple[ChunkKey, memoryview]] = []
+
+        def on_piece(offset: int, data: bytes | memoryview) -> None:
+            # Each chunk goes to its readers the moment it has arrived.
+            key = by_start[offset]
+            view = memoryview(data).cast("B").toreadonly()
+            self._deliver(key, view)
+            got.append((key, view))
+
+        try:
+            await self.fetcher.stream(
+                first.version.path,
+                first.start,
+                last.stop,
+                first.chunk_size,
+                token=first.version.token,
+                on_piece=on_piece,
+            )
+        finally:
+            if got:
+                self.stats.fills += len(got)
+                await self._store_items(got, publish=self.shared is not None)
 
     async def _accept(
         self, items: list[tuple[ChunkKey, memoryview]], *, publish: bool
     ) -> None:
-        """Hand fetched chunks to readers and store them in the tiers."""
+        """Hand chunks to their readers and store them in the tiers."""
         for key, view in items:
-            if key in self._prefetching and self.staging is not None:
-                self._prefetching.discard(key)
-                if self.ram is not None and key in self.ram:
-                    # A reader's own fetch (an open) got it into RAM first.
-                    self.staging.unreserve(key.length)
-                else:
-                    self.staging.put(key, view)
-            elif self.ram is not None:
-                self.ram.put(key, view)
-            self._resolve(key, view)
+            self._deliver(key, view)
+        await self._store_items(items, publish=publish)
+
+    def _deliver(self, key: ChunkKey, view: memoryview) -> None:
+        """Stage (prefetch) or keep in RAM, and wake the chunk's readers."""
+        if key in self._prefetching and self.staging is not None:
+            self._prefetching.discard(key)
+            if self.ram is not None and key in self.ram:
+                # A reader's own fetch (an open) got it into RAM first.
+                self.staging.unreserve(key.length)
+            else:
+                self.staging.put(key, view)
+        elif self.ram is not None:
+            self.ram.put(key, view)
+        self._resolve(key, view)
+
+    async def _store_items(
+        self, items: list[tuple[ChunkKey, memoryview]], *, publish: bool
+    ) -> None:
         if self.disks:
             # Disk writes leave the loop's thread: a slow disk stalls no fetch.
             await asyncio.to_thread(self._store, items)
@@ -457,6 +487,110 @@ class ChunkRouter:
             task = asyncio.get_running_loop().create_task(self._publish(items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def open_stream(
+        self,
+        path: str,
+        start: int,
+        stop: int,
+        chunk_size: int,
+        make_version: Callable[[dict[str, Any]], FileVersion],
+        *,
+        lock: StripeLock | None = None,
+        staged: bool = False,
+        reserved: int = 0,
+    ) -> FileVersion:
+        """Read a file whose version is unknown, learning it from the read.
+
+        One ranged request for ``[start, stop)``; its headers give the
+        version (``make_version``), which is returned at once while the
+        chunks stream in as in-flight fills that readers join. ``lock`` (the
+        file's cross-process lock) is released once they are stored. With
+        ``staged``, the chunks are prefetches charged to ``reserved`` bytes
+        of the staging budget.
+        """
+        loop = asyncio.get_running_loop()
+        learned: asyncio.Future[FileVersion] = loop.create_future()
+        learned.add_done_callback(_retrieve)  # type: ignore[arg-type]
+        mine: dict[int, ChunkKey] = {}
+        got: list[tuple[ChunkKey, memoryview]] = []
+        staging = self.staging if staged else None
+
+        def on_info(info: dict[str, Any]) -> None:
+            version = make_version(info)
+            end = min(stop, version.size)
+            for index in range(start // chunk_size, -(-end // chunk_size)):
+                key = version.key(chunk_size, index)
+                if key in self._inflight or (self.ram is not None and key in self.ram):
+                    continue  # someone else has or fetches it
+                fut: asyncio.Future[memoryview] = loop.create_future()
+                fut.add_done_callback(_retrieve)
+                self._inflight[key] = fut
+                mine[key.start] = key
+            if staging is not None:
+                used = sum(k.length for k in mine.values())
+                staging.unreserve(max(reserved - used, 0))
+                self._prefetching.update(mine.values())
+                staging.stats.issued += len(mine)
+            learned.set_result(version)
+
+        def on_piece(offset: int, data: bytes | memoryview) -> None:
+            key = mine.get(offset)
+            if key is not None:
+                view = memoryview(data).cast("B").toreadonly()
+                self._deliver(key, view)
+                got.append((key, view))
+
+        async def run() -> None:
+            try:
+                await self.fetcher.stream(
+                    path,
+                    start,
+                    stop,
+                    chunk_size,
+                    on_info=on_info,
+                    on_piece=on_piece,
+                )
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                if not learned.done():
+                    learned.set_exception(exc)
+                    if staging is not None and not cancelled:
+                        staging.stats.failed += 1  # the file's first batch
+                elif staging is not None and not cancelled:
+                    keys = mine.values()
+                    staging.stats.failed += sum(k in self._prefetching for k in keys)
+                for key in mine.values():
+                    fut = self._inflight.get(key)
+                    if fut is not None and not fut.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            fut.cancel()
+                        else:
+                            fut.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                try:
+                    if got:
+                        self.stats.fills += len(got)
+                        self.stats.coalesced_requests += 1
+                        await self._store_items(got, publish=self.shared is not None)
+                finally:
+                    for key in mine.values():
+                        self._inflight.pop(key, None)
+                        if key in self._prefetching and self.staging is not None:
+                            self._prefetching.discard(key)
+                            self.staging.unreserve(key.length)
+                            self.staging.forget(key)
+                    if lock is not None:
+                        lock.release()
+                    if staging is not None and not learned.done():
+                        staging.unreserve(reserved)
+
+        task = loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(learned)
 
     async def _publish(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         assert self.shared is not None

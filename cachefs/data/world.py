@@ -96,6 +96,33 @@ class World:
         """Return this consumer's items (rank share, then worker share)."""
         return self.worker_share(self.rank_share(items))
 
+    def rank_samples(self, total: int, *, drop_last: bool = True) -> int:
+        """Return how many samples every rank yields from ``total`` per epoch.
+
+        Every rank gets the same count, or distributed training hangs on
+        the rank with more batches: ``total // world_size`` with
+        ``drop_last`` (``total % world_size`` samples are left out), else
+        ``ceil(total / world_size)`` (some samples are delivered twice).
+        """
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ValueError(f"total must be an int >= 0, got {total!r}")
+        if drop_last:
+            return total // self.world_size
+        return -(-total // self.world_size)
+
+    def worker_range(self, count: int) -> tuple[int, int]:
+        """Return this worker's part ``[start, stop)`` of ``count`` rank items.
+
+        The parts are contiguous and differ in size by one at most. Their
+        sizes depend only on ``count`` and ``num_workers``, so ranks with the
+        same count split it alike, and a DataLoader that batches inside each
+        worker makes the same number of batches on every rank.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be an int >= 0, got {count!r}")
+        k = self.num_workers
+        return count * self.worker // k, count * (self.worker + 1) // k
+
 
 def _env_rank() -> tuple[int, int] | None:
     rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")

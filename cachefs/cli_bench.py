@@ -1,0 +1,213 @@
+"""``cachefs bench``: read throughput on the user's own storage.
+
+Four passes over the same byte ranges, each with ``--jobs`` threads calling
+``cat_file(path, start, end)`` on blocks of ``--block-size``:
+
+``fsspec``
+    the target filesystem alone (no cache), the baseline;
+``cold``
+    a cache filesystem over an empty cache directory: origin to cache,
+    including the time to store every chunk on disk;
+``warm``
+    a fresh filesystem object with ``ram_limit=0``: disk-tier hits;
+``hot``
+    a fresh filesystem object that read everything once: RAM-tier hits
+    (skipped with ``ram_limit=0``; partly disk hits when the data exceeds
+    ``ram_limit``).
+
+The cache directory is a temporary one inside the first ``--cache-dir``
+(same disk), removed afterwards: the user's cache is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import fsspec
+
+from cachefs.chunks import parse_size
+from cachefs.cli_config import Settings, keyword_defaults, make_fs, url_protocol
+from cachefs.cli_format import fmt_bytes, fmt_duration, table
+from cachefs.cli_warm import expand_urls
+from cachefs.filesystem import CacheFileSystem
+
+__all__ = ["PassResult", "run_bench"]
+
+Block = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One timed pass."""
+
+    name: str
+    seconds: float
+    nbytes: int
+    origin_bytes: int | None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second."""
+        return self.nbytes / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the pass as documented in ``docs/cli.md``."""
+        return {
+            "seconds": round(self.seconds, 6),
+            "bytes": self.nbytes,
+            "bytes_per_second": round(self.rate, 1),
+            "origin_bytes": self.origin_bytes,
+            "note": self.note,
+        }
+
+
+def _read_all(
+    cat: Callable[[str, int, int], bytes], blocks: Sequence[Block], jobs: int
+) -> int:
+    def one(block: Block) -> int:
+        return len(cat(*block))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return sum(pool.map(one, blocks))
+
+
+def _timed(
+    name: str,
+    cat: Callable[[str, int, int], bytes],
+    blocks: Sequence[Block],
+    jobs: int,
+    expected: int,
+    after: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    began = time.perf_counter()
+    got = _read_all(cat, blocks, jobs)
+    if after is not None:
+        after()
+    seconds = time.perf_counter() - began
+    if got != expected:
+        raise OSError(f"bench {name} pass read {got} bytes, expected {expected}")
+    return seconds, got
+
+
+def _origin(fs: CacheFileSystem) -> int:
+    return int(fs.cache_stats()["origin"]["bytes"])
+
+
+def bench(
+    settings: Settings,
+    protocol: str,
+    files: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    block_size: int,
+    jobs: int,
+) -> list[PassResult]:
+    """Run the four passes; return their results in order."""
+    blocks = [
+        (path, lo, min(lo + block_size, size))
+        for path, size in zip(files, sizes, strict=True)
+        for lo in range(0, size, block_size)
+    ]
+    total = sum(sizes)
+    results: list[PassResult] = []
+    target = fsspec.filesystem(
+        protocol, skip_instance_cache=True, **settings.target_options
+    )
+    secs, got = _timed("fsspec", target.cat_file, blocks, jobs, total)
+    results.append(PassResult("fsspec", secs, got, got))
+
+    root = settings.cache_dirs[0]
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="bench-", dir=root)
+    common: dict[str, Any] = {
+        "cache_dir": scratch,
+        "disk_limit": max(settings.disk_limit, 2 * total),
+    }
+    if "shared" in keyword_defaults():
+        common["shared"] = None  # cold means from the origin, not a shared tier
+    try:
+        cold = make_fs(settings, protocol, ram_limit=0, **common)
+        try:
+            secs, got = _timed(
+                "cold", cold.cat_file, blocks, jobs, total, after=cold.wait_idle
+            )
+            results.append(PassResult("cold", secs, got, _origin(cold)))
+        finally:
+            cold.close()
+
+        warm = make_fs(settings, protocol, ram_limit=0, metadata_ttl=None, **common)
+        try:
+            secs, got = _timed("warm", warm.cat_file, blocks, jobs, total)
+            results.append(PassResult("warm", secs, got, _origin(warm)))
+        finally:
+            warm.close()
+
+        if settings.ram_limit:
+            hot = make_fs(settings, protocol, metadata_ttl=None, **common)
+            try:
+                _read_all(hot.cat_file, blocks, jobs)  # fill the RAM tier
+                secs, got = _timed("hot", hot.cat_file, blocks, jobs, total)
+                in_ram = int(hot.cache_stats().get("ram", {}).get("usage", 0))
+                note = "" if in_ram >= total else "data exceeds --ram-limit"
+                results.append(PassResult("hot", secs, got, _origin(hot), note))
+            finally:
+                hot.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def run_bench(settings: Settings, args: Any, out: TextIO, err: TextIO) -> int:
+    """Run ``cachefs bench``; return the exit code."""
+    args.urls = [u.removeprefix("cachefs::") for u in args.urls]
+    protocol = url_protocol(args.urls)
+    block_size = parse_size(
+        args.block_size or settings.chunk_size, "--block-size", allow_zero=False
+    )
+    target = fsspec.filesystem(
+        protocol, skip_instance_cache=True, **settings.target_options
+    )
+    files = expand_urls(target, args.urls, args.recursive)
+    sizes = [int(target.info(f)["size"]) for f in files]
+    total = sum(sizes)
+    if not args.quiet and not args.json:
+        err.write(f"bench: {len(files)} files, {fmt_bytes(total)}\n")
+    results = bench(
+        settings, protocol, files, sizes, block_size=block_size, jobs=args.jobs
+    )
+    if args.json:
+        doc = {
+            "files": len(files),
+            "bytes": total,
+            "block_size": block_size,
+            "jobs": args.jobs,
+            "chunk_size": settings.chunk_size,
+            "ram_limit": settings.ram_limit,
+            "passes": {r.name: r.as_json() for r in results},
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    base = results[0].rate
+    rows = [
+        [
+            r.name,
+            fmt_bytes(r.nbytes),
+            fmt_duration(r.seconds),
+            f"{fmt_bytes(r.rate)}/s",
+            f"{r.rate / base:.2f}x" if base else "-",
+            "-" if r.origin_bytes is None else fmt_bytes(r.origin_bytes),
+            r.note,
+        ]
+        for r in results
+    ]
+    headers = ["pass", "bytes", "time", "throughput", "vs fsspec", "origin", "note"]
+    out.write(table(headers, rows, right=(1, 2, 3, 4, 5)) + "\n")
+    return 0

@@ -1,0 +1,296 @@
+"""Effective settings of the ``cachefs`` command, and where each came from.
+
+A keyword's value comes, in increasing precedence, from the keyword's default
+in :class:`~cachefs.CacheFileSystem`, fsspec's configuration files
+(``~/.config/fsspec`` or ``$FSSPEC_CONFIG_DIR``), the environment
+(``FSSPEC_CACHEFS='{...}'``, then ``FSSPEC_CACHEFS_<KWARG>``), and the
+command line. fsspec applies its configuration whenever the class is built;
+the command resolves the same layers itself so that it knows the chunk size,
+directories and budgets even for commands that build no filesystem.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import fsspec.config
+
+from cachefs.chunks import parse_size
+from cachefs.filesystem import CacheFileSystem, default_cache_dir
+
+__all__ = [
+    "Settings",
+    "keyword_defaults",
+    "make_fs",
+    "resolve_settings",
+    "url_protocol",
+]
+
+#: Keywords the command line sets, with the option that sets each.
+CLI_OPTIONS = {
+    "cache_dir": "--cache-dir",
+    "ram_limit": "--ram-limit",
+    "disk_limit": "--disk-limit",
+    "chunk_size": "--chunk-size",
+    "metadata_ttl": "--metadata-ttl",
+    "target_options": "--target-options",
+}
+_NOT_SETTINGS = frozenset({"self", "target_protocol", "fs", "kwargs"})
+_ENV_PREFIX = "FSSPEC_CACHEFS_"
+
+
+@dataclass
+class Settings:
+    """The resolved settings every subcommand works with.
+
+    Attributes
+    ----------
+    cache_dirs, ram_limit, disk_limit, chunk_size, metadata_ttl, target_options
+        The parsed values of those keywords.
+    values
+        The effective value of every keyword, as its source gave it.
+    sources
+        Where each value came from (``"default"``, ``"command line"``,
+        ``"env FSSPEC_CACHEFS_CHUNK_SIZE"``, ...).
+    """
+
+    cache_dirs: list[Path]
+    ram_limit: int
+    disk_limit: int
+    chunk_size: int
+    metadata_ttl: float | None
+    target_options: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def fs_kwargs(self) -> dict[str, Any]:
+        """Return the keywords that build a filesystem with these settings."""
+        dirs = [str(d) for d in self.cache_dirs]
+        return {
+            "cache_dir": dirs[0] if len(dirs) == 1 else dirs,
+            "ram_limit": self.ram_limit,
+            "disk_limit": self.disk_limit,
+            "chunk_size": self.chunk_size,
+            "metadata_ttl": self.metadata_ttl,
+        }
+
+
+def keyword_defaults() -> dict[str, Any]:
+    """Return the keyword defaults of :class:`CacheFileSystem`, in order."""
+    sig = inspect.signature(CacheFileSystem.__init__)
+    return {
+        name: p.default
+        for name, p in sig.parameters.items()
+        if name not in _NOT_SETTINGS and p.kind is not p.VAR_KEYWORD
+    }
+
+
+def _config_sources() -> tuple[dict[str, Any], dict[str, str]]:
+    """Return fsspec's live ``cachefs`` config and the source of each key."""
+    live = dict(fsspec.config.conf.get("cachefs", {}))
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fsspec.config.set_conf_files(fsspec.config.conf_dir, files)
+    except (OSError, ValueError):
+        files = {}
+    from_files = files.get("cachefs", {})
+    whole: dict[str, Any] = {}
+    raw = os.environ.get("FSSPEC_CACHEFS")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            whole = parsed
+    single = {
+        key[len(_ENV_PREFIX) :].lower(): key
+        for key in os.environ
+        if key.startswith(_ENV_PREFIX) and len(key) > len(_ENV_PREFIX)
+    }
+    sources: dict[str, str] = {}
+    for name in live:
+        if name in single:
+            sources[name] = f"env {single[name]}"
+        elif name in whole:
+            sources[name] = "env FSSPEC_CACHEFS"
+        elif name in from_files:
+            sources[name] = f"fsspec config file in {fsspec.config.conf_dir}"
+        else:
+            sources[name] = "fsspec.config.conf"
+    return live, sources
+
+
+def _label(name: str, source: str) -> str:
+    if source == "command line":
+        return CLI_OPTIONS[name]
+    if source == "default":
+        return name
+    return f"{name} (from {source})"
+
+
+def _parse_ttl(value: Any, label: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("none", "null", "never", "inf", "forever"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{label}={value!r} is not a number of seconds or 'none'"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{label}={value!r} is not a number of seconds or 'none'")
+    if value < 0 or value != value:
+        raise ValueError(f"{label} must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_dirs(value: Any, label: str) -> list[Path]:
+    if value is None:
+        return [default_cache_dir()]
+    items = [value] if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, Sequence) or isinstance(items, bytes) or not items:
+        raise ValueError(f"{label}={value!r} must be a path or a list of paths")
+    out = []
+    for item in items:
+        if not isinstance(item, str | os.PathLike) or not os.fspath(item):
+            raise ValueError(f"{label} entries must be paths, got {item!r}")
+        out.append(Path(os.fspath(item)).expanduser().absolute())
+    return out
+
+
+def _parse_options(value: Any, label: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{label} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{label} must be a JSON object, got {value!r}")
+    return value
+
+
+def resolve_settings(cli: dict[str, Any]) -> Settings:
+    """Resolve every keyword from defaults, fsspec config and ``cli``.
+
+    Parameters
+    ----------
+    cli
+        Values given on the command line, keyed by keyword name (``None`` or
+        absent when not given); ``metadata_ttl`` and sizes as typed.
+
+    Raises
+    ------
+    ValueError
+        If a value does not parse; the message names the option, or the
+        keyword and the config source it came from.
+    """
+    values = keyword_defaults()
+    sources = dict.fromkeys(values, "default")
+    live, live_sources = _config_sources()
+    values.update(live)
+    sources.update(live_sources)
+    for name, value in cli.items():
+        if value is not None:
+            values[name] = value
+            sources[name] = "command line"
+
+    def label(name: str) -> str:
+        return _label(name, sources.get(name, "default"))
+
+    dirs = _parse_dirs(values.get("cache_dir"), label("cache_dir"))
+    if sources["cache_dir"] == "default":
+        values["cache_dir"] = str(dirs[0])
+    sizes = {
+        name: parse_size(values[name], label(name), allow_zero=name != "chunk_size")
+        for name in ("ram_limit", "disk_limit", "chunk_size")
+    }
+    return Settings(
+        cache_dirs=dirs,
+        ram_limit=sizes["ram_limit"],
+        disk_limit=sizes["disk_limit"],
+        chunk_size=sizes["chunk_size"],
+        metadata_ttl=_parse_ttl(values.get("metadata_ttl"), label("metadata_ttl")),
+        target_options=_parse_options(
+            values.get("target_options"), label("target_options")
+        ),
+        values=values,
+        sources=sources,
+    )
+
+
+def url_protocol(urls: Sequence[str]) -> str:
+    """Return the one protocol of ``urls`` (``"file"`` for plain paths).
+
+    Raises
+    ------
+    ValueError
+        For a URL fsspec cannot serve, a chained URL, or URLs of several
+        protocols.
+    """
+    found: dict[str, str] = {}
+    for url in urls:
+        text = url.removeprefix("cachefs::")
+        if not text.strip():
+            raise ValueError(f"bad URL {url!r}: empty")
+        if "::" in text:
+            raise ValueError(f"bad URL {url!r}: chained URLs are not supported")
+        proto = fsspec.core.split_protocol(text)[0] or "file"
+        try:
+            cls = fsspec.get_filesystem_class(proto)
+        except ValueError:
+            raise ValueError(f"bad URL {url!r}: unknown protocol {proto!r}") from None
+        except ImportError as exc:
+            raise ValueError(f"URL {url!r} needs a package: {exc}") from None
+        first = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+        found.setdefault(first, proto)
+    if len(found) > 1:
+        raise ValueError(
+            "URLs must all use one protocol, got " + " and ".join(sorted(found))
+        )
+    return next(iter(found.values()))
+
+
+def make_fs(settings: Settings, protocol: str, **overrides: Any) -> CacheFileSystem:
+    """Build a fresh :class:`CacheFileSystem` over ``protocol``.
+
+    Keywords the command does not set (``policy``, ``max_requests``, ...)
+    come from fsspec's configuration, which the class applies itself.
+    """
+    kwargs = settings.fs_kwargs()
+    kwargs.update(overrides)
+    try:
+        return CacheFileSystem(
+            target_protocol=protocol,
+            target_options=dict(settings.target_options) or None,
+            skip_instance_cache=True,
+            **kwargs,
+        )
+    except OSError as exc:
+        name = os.fspath(exc.filename) if exc.filename is not None else None
+        dirs = kwargs["cache_dir"]
+        roots = [dirs] if isinstance(dirs, str) else list(dirs)
+        if name is not None and any(
+            name == r or name.startswith(r.rstrip("/") + "/") or r.startswith(name)
+            for r in roots
+        ):
+            raise OSError(
+                f"cache dir {name!r} is not usable: {exc.strerror or exc}"
+            ) from exc
+        raise

@@ -1,0 +1,315 @@
+"""``cachefs warm``: fetch files into the node's cache ahead of training.
+
+URLs are expanded on the target (globs, directory prefixes), sorted, and
+split between ranks with :meth:`cachefs.data.world.World.rank_share` — the
+split the datasets use — so each node warms exactly its ranks' shards. The
+files are fetched with :meth:`CacheFileSystem.prefetch`, which skips chunks
+already on disk: a second warm costs no origin bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from fsspec.asyn import sync
+from fsspec.spec import AbstractFileSystem
+
+from cachefs.chunks import FileVersion, version_token
+from cachefs.cli_config import Settings, make_fs, url_protocol
+from cachefs.cli_format import Progress, fmt_bytes, fmt_duration
+from cachefs.cli_inspect import display_url
+from cachefs.data.world import World
+from cachefs.filesystem import CacheFileSystem
+
+__all__ = ["WarmResult", "expand_urls", "run_warm"]
+
+# Explicit prefetch needs a staging budget; this one when config turned it off.
+_STAGING_FALLBACK = 256 * 2**20
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def expand_urls(
+    target: AbstractFileSystem, urls: Sequence[str], recursive: bool
+) -> list[str]:
+    """Return the sorted, unique files that ``urls`` name on ``target``.
+
+    A URL is a file, a directory or prefix (its files; with ``recursive``,
+    also those of its subdirectories) or a glob.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the first URL that matches nothing.
+    """
+    found: set[str] = set()
+    for url in urls:
+        files = _expand_one(target, url, recursive)
+        if not files:
+            raise FileNotFoundError(f"no such file or directory: {url}")
+        found.update(files)
+    return sorted(found)
+
+
+def _expand_one(target: AbstractFileSystem, url: str, recursive: bool) -> list[str]:
+    if _has_magic(url):
+        out: list[str] = []
+        for match in target.glob(url):
+            out += _expand_plain(target, match, recursive, quiet=True)
+        return out
+    return _expand_plain(target, url, recursive, quiet=False)
+
+
+def _expand_plain(
+    target: AbstractFileSystem, url: str, recursive: bool, *, quiet: bool
+) -> list[str]:
+    try:
+        info: dict[str, Any] | None = target.info(url)
+    except FileNotFoundError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+            # fsspec's http reports an unreachable host as a missing file.
+            raise OSError(
+                f"cannot reach {url}: {' '.join(str(cause).split())}"
+            ) from exc
+        info = None
+    is_file = info is not None and info.get("type") != "directory"
+    # An HTTP "directory" is an HTML index page: list it before calling it a file.
+    if is_file and not (info or {}).get("mimetype", "").startswith("text/html"):
+        return [url]
+    try:
+        files = list(target.find(url, maxdepth=None if recursive else 1))
+    except (FileNotFoundError, NotADirectoryError):
+        files = []
+    if files:
+        return files
+    if is_file:
+        return [url]
+    if info is not None and not recursive and not quiet:
+        raise FileNotFoundError(
+            f"no files directly under {url} (add --recursive for subdirectories)"
+        )
+    return []
+
+
+@dataclass
+class WarmResult:
+    """What one warm did; :meth:`as_json` is the ``--json`` output."""
+
+    rank: int
+    world_size: int
+    paths: list[str]
+    size: int = 0
+    cached_before: int = 0
+    origin_bytes: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file asked for is now fully on disk."""
+        return not self.failed and not self.incomplete
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the documented JSON summary."""
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "files": len(self.paths),
+            "bytes": self.size,
+            "cached_before": self.cached_before,
+            "origin_bytes": self.origin_bytes,
+            "seconds": round(self.seconds, 6),
+            "complete": self.complete,
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "incomplete": self.incomplete,
+            "paths": self.paths,
+        }
+
+
+async def _infos(
+    fs: CacheFileSystem, paths: Sequence[str], limit: int
+) -> list[dict[str, Any] | BaseException]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(path: str) -> dict[str, Any]:
+        async with gate:
+            info: dict[str, Any] = await fs._info(path)
+            return info
+
+    return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
+
+
+def _versions(
+    fs: CacheFileSystem, paths: Sequence[str], limit: int
+) -> tuple[list[FileVersion], list[tuple[str, str]]]:
+    """Learn every file's version (one metadata request each, concurrently)."""
+    versions: list[FileVersion] = []
+    failed: list[tuple[str, str]] = []
+    infos = sync(fs.loop, _infos, fs, paths, limit)
+    for path, info in zip(paths, infos, strict=True):
+        if isinstance(info, BaseException):
+            if not isinstance(info, Exception):
+                raise info
+            failed.append((path, _describe(info)))
+            continue
+        if info.get("type") == "directory":
+            continue
+        tpath = str(fs.fs._strip_protocol(fs._strip_protocol(path)))
+        version = fs.metadata.get(fs.target_protocol, tpath)
+        if version is None:
+            if info.get("size") is None:
+                failed.append((path, "the origin reports no size"))
+                continue
+            version = FileVersion(
+                fs.target_protocol, tpath, int(info["size"]), version_token(info)
+            )
+        versions.append(version)
+    return versions, failed
+
+
+def _url(fs: CacheFileSystem, path: str) -> str:
+    """Return a target path as the user's kind of URL (as ``ls`` shows it)."""
+    return display_url(fs.target_protocol, path)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) and exc.strerror is None:
+        text = f"not found: {text}"
+    return text.splitlines()[0]
+
+
+def _cached_bytes(fs: CacheFileSystem, version: FileVersion) -> tuple[int, int]:
+    """Return ``(bytes on disk, bytes missing)`` of ``version``."""
+    have = missing = 0
+    for i in range(version.chunk_count(fs.chunk_size)):
+        key = version.key(fs.chunk_size, i)
+        disk = fs.router.disk_for(key)
+        if disk is not None and disk.contains(key):
+            have += key.length
+        else:
+            missing += key.length
+    return have, missing
+
+
+def warm(
+    fs: CacheFileSystem,
+    urls: Sequence[str],
+    *,
+    recursive: bool,
+    world: World,
+    jobs: int,
+    progress_stream: TextIO,
+    show_progress: bool,
+    interval: float = 5.0,
+) -> WarmResult:
+    """Fetch the files ``urls`` name (this rank's share) into ``fs``'s disk tier."""
+    files = expand_urls(fs.fs, urls, recursive)
+    mine = world.rank_share(files)
+    result = WarmResult(world.rank, world.world_size, [_url(fs, p) for p in mine])
+    started = time.monotonic()
+    versions, failed = _versions(fs, mine, jobs)
+    result.failed = [(_url(fs, p), e) for p, e in failed]
+    result.size = sum(v.size for v in versions)
+    result.cached_before = sum(_cached_bytes(fs, v)[0] for v in versions)
+    base = int(fs.cache_stats()["origin"]["bytes"])
+    progress = Progress(
+        progress_stream, "warm", result.size, interval=interval, enabled=show_progress
+    )
+
+    def moved() -> int:
+        return int(fs.cache_stats()["origin"]["bytes"]) - base
+
+    handle = fs.prefetch([v.path for v in versions]) if versions else None
+    try:
+        if handle is not None:
+            tick = 0.1 if progress.tty else min(0.5, interval)
+            while not handle.wait(timeout=tick):
+                progress.update(handle.done_bytes, moved())
+            fs.wait_idle()
+    except BaseException:
+        if handle is not None:
+            handle.cancel()
+        raise
+    result.origin_bytes = moved()
+    result.seconds = time.monotonic() - started
+    progress.close(result.size if handle is None else handle.done_bytes, moved())
+    if handle is not None:
+        seen = {p for p, _ in result.failed}
+        for path, exc in handle.failed:
+            if _url(fs, path) not in seen:
+                seen.add(_url(fs, path))
+                result.failed.append((_url(fs, path), _describe(exc)))
+        for version in versions:
+            url = _url(fs, version.path)
+            if url not in seen and _cached_bytes(fs, version)[1]:
+                result.incomplete.append(url)
+    return result
+
+
+def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) -> int:
+    """Run ``cachefs warm``; return the exit code."""
+    args.urls = [u.removeprefix("cachefs::") for u in args.urls]
+    protocol = url_protocol(args.urls)
+    world = World(rank=args.rank, world_size=args.world_size)
+    if settings.disk_limit == 0:
+        raise ValueError("warm needs the disk tier, but --disk-limit is 0")
+    staging = settings.values.get("prefetch_limit", "256MiB")
+    overrides: dict[str, Any] = {
+        # Nothing reads what warm fetches: RAM and staging only pass it on.
+        "ram_limit": 0,
+        "prefetch_hold": 0.0,
+    }
+    if staging in (0, "0"):
+        overrides["prefetch_limit"] = _STAGING_FALLBACK
+    if args.jobs is not None:
+        overrides["max_requests"] = args.jobs
+    fs = make_fs(settings, protocol, **overrides)
+    try:
+        result = warm(
+            fs,
+            args.urls,
+            recursive=args.recursive,
+            world=world,
+            jobs=args.jobs or 16,
+            progress_stream=err,
+            show_progress=not args.quiet,
+            interval=args.progress_interval,
+        )
+    finally:
+        fs.close()
+    for path, error in result.failed:
+        log(f"failed: {path}: {error}")
+    for path in result.incomplete:
+        log(f"not fully cached: {path} (is --disk-limit smaller than the data?)")
+    if args.json:
+        import json
+
+        out.write(json.dumps(result.as_json(), indent=2) + "\n")
+    elif not args.quiet:
+        share = (
+            f"rank {result.rank} of {result.world_size}: "
+            if result.world_size > 1
+            else ""
+        )
+        rate = ""
+        if result.origin_bytes and result.seconds > 0:
+            rate = f" ({fmt_bytes(result.origin_bytes / result.seconds)}/s)"
+        out.write(
+            f"{share}warmed {len(result.paths)} files, {fmt_bytes(result.size)}: "
+            f"{fmt_bytes(result.origin_bytes)} from origin, "
+            f"{fmt_bytes(result.cached_before)} already cached, "
+            f"{fmt_duration(result.seconds)}{rate}\n"
+        )
+        if not result.complete:
+            n = len(result.failed) + len(result.incomplete)
+            out.write(f"{n} of {len(result.paths)} files are not fully cached\n")
+    return 0 if result.complete else 1
