@@ -18,7 +18,6 @@ other processes read: a removed chunk is fetched again, never seen partial.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import fnmatch
 import json
 import mmap
@@ -407,29 +406,11 @@ def remove_damaged(path: Path) -> int:
     """
     try:
         size = os.lstat(path).st_size
-        os.unlink(path)
     except FileNotFoundError:
         return 0
     root = path.parent.parent.parent  # <root>/chunks/<xx>/<name>
-    _adjust_usage(root / "usage", -size)
-    return size
-
-
-def _adjust_usage(usage_path: Path, delta: int) -> None:
-    # The counter's protocol (docs/architecture.md): 8 bytes little-endian,
-    # read-modify-write under an exclusive flock on a fresh descriptor.
-    try:
-        fd = os.open(usage_path, os.O_RDWR | _NOFOLLOW)
-    except OSError:
-        return  # no counter yet: the next scan computes it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = os.pread(fd, 8, 0)
-        if len(raw) == 8:
-            value = max(int.from_bytes(raw, "little") + delta, 0)
-            os.pwrite(fd, value.to_bytes(8, "little"), 0)
-    finally:
-        os.close(fd)
+    tier = DiskTier(root, _NO_LIMIT, LRUPolicy())
+    return size if tier.remove(path.name) else 0
 
 
 # -- removal --------------------------------------------------------------------

@@ -315,10 +315,14 @@ class DiskTier:
         log.warning(
             "cachefs: dropping chunk file %s: it %s", self.path_for(digest), why
         )
-        self._remove(digest)
+        self.remove(digest)
 
-    def _remove(self, digest: str) -> bool:
-        """Unlink a chunk file and count it off the usage, under the lock."""
+    def remove(self, digest: str) -> bool:
+        """Unlink the chunk file ``digest`` and count it off, under the lock.
+
+        Returns whether a file was removed. Safe while other processes read:
+        they fetch the chunk again.
+        """
         with self._lock:
             self._maps.pop(digest, None)
         with self._usage_locked() as ufd, self._shard(digest, create=False) as dfd:
@@ -419,7 +423,7 @@ class DiskTier:
 
     def discard(self, key: ChunkKey) -> None:
         """Remove the chunk's file if present."""
-        self._remove(key.digest)
+        self.remove(key.digest)
 
     def clear(self) -> None:
         """Remove every chunk file (other processes simply refetch)."""
