@@ -269,7 +269,7 @@ class Fetcher:
             try:
                 self.stats.requests += 1
                 data = await self._with_timeout(
-                    self.call("cat_file", path, start=pos, end=hi)
+                    self._read_range(path, pos, hi, state["token"])
                 )
             finally:
                 await budget.release(held)
@@ -287,6 +287,16 @@ class Fetcher:
             )
             pos += n
         state["pos"] = hi
+
+    async def _read_range(
+        self, path: str, start: int, stop: int, token: str | None
+    ) -> bytes:
+        """One ranged read; on S3, conditional on the version's ETag."""
+        etag = token[5:] if token and token.startswith("ETag:") else None
+        if etag is not None and _is_s3(self.target):
+            return await _s3_get_range(self.target, path, start, stop, etag)
+        data: bytes = await self.call("cat_file", path, start=start, end=stop)
+        return data
 
     async def _stream_http(
         self,
@@ -386,3 +396,43 @@ def _is_http(target: AbstractFileSystem) -> bool:
     from fsspec.implementations.http import HTTPFileSystem
 
     return isinstance(target, HTTPFileSystem)
+
+
+def _is_s3(target: AbstractFileSystem) -> bool:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return False
+    return isinstance(target, S3FileSystem)
+
+
+async def _s3_get_range(
+    target: Any, path: str, start: int, stop: int, etag: str
+) -> bytes:
+    """GET a range with ``If-Match``: S3 refuses (412) once the object changed."""
+    bucket, key, version_id = target.split_path(path)
+    request: dict[str, Any] = {
+        "Bucket": bucket,
+        "Key": key,
+        "Range": f"bytes={start}-{stop - 1}",
+        "IfMatch": etag,
+    }
+    if version_id:
+        request["VersionId"] = version_id
+    try:
+        response = await target._call_s3("get_object", **request)
+    except OSError as exc:
+        # s3fs maps 412 PreconditionFailed to a plain OSError; its cause says.
+        cause = getattr(exc.__cause__, "response", None) or {}
+        if cause.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise StaleVersionError(
+                f"{path} changed at the origin (ETag is no longer {etag}); "
+                "reopen it to read the new version"
+            ) from exc
+        raise
+    body = response["Body"]
+    try:
+        data: bytes = await body.read()
+    finally:
+        body.close()
+    return data

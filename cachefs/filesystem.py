@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import io
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
@@ -95,6 +96,30 @@ def _check_seconds(value: Any, name: str, *, allow_none: bool) -> float | None:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return float(value)
+
+
+_T = TypeVar("_T")
+
+
+def _on_own_loop(
+    method: Callable[..., Coroutine[Any, Any, _T]],
+) -> Callable[..., Coroutine[Any, Any, _T]]:
+    """Run an async method on the filesystem's loop, whoever awaits it.
+
+    A non-``asynchronous`` instance keeps its fetches, sessions and locks on
+    fsspec's loop; a library awaiting its coroutines from another loop (zarr's
+    ``FsspecStore`` does) is served by handing the call over to that loop.
+    """
+
+    @functools.wraps(method)
+    async def on_own_loop(self: CacheFileSystem, *args: Any, **kwargs: Any) -> _T:
+        if not self.asynchronous and asyncio.get_running_loop() is not self.loop:
+            coro = method(self, *args, **kwargs)
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            return await asyncio.wrap_future(fut)
+        return await method(self, *args, **kwargs)
+
+    return on_own_loop
 
 
 _CODECS = {"zstd": {"id": "zstd", "level": 1}, "lz4": {"id": "lz4"}}
@@ -509,6 +534,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         )
         return data
 
+    @_on_own_loop
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
@@ -634,6 +660,77 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             self.router.stats.wait_seconds += time.perf_counter() - began
         return version, views
 
+    @_on_own_loop
+    async def _cat_ranges(
+        self,
+        paths: list[str],
+        starts: list[int | None] | int | None,
+        ends: list[int | None] | int | None,
+        max_gap: int | None = None,
+        batch_size: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[bytes | Exception]:
+        if not isinstance(paths, list):
+            raise TypeError("paths must be a list")
+        n = len(paths)
+        starts_l = starts if isinstance(starts, list) else [starts] * n
+        ends_l = ends if isinstance(ends, list) else [ends] * n
+        if len(starts_l) != n or len(ends_l) != n:
+            raise ValueError("paths, starts and ends must have the same length")
+
+        # Resolve each file once, then ask the router for every chunk of
+        # every range together, so adjacent misses coalesce across ranges.
+        unique = list(dict.fromkeys(self._target_path(p) for p in paths))
+        found = await asyncio.gather(
+            *(self._version(p) for p in unique), return_exceptions=True
+        )
+        versions = dict(zip(unique, found, strict=True))
+        wanted: dict[ChunkKey, None] = {}
+        plans: list[tuple[list[ChunkKey], int, int] | BaseException] = []
+        for path, start, end in zip(paths, starts_l, ends_l, strict=True):
+            version = versions[self._target_path(path)]
+            if isinstance(version, BaseException):
+                plans.append(version)
+                continue
+            lo, hi = self._clip(version.size, start, end)
+            keys = self._span_keys(version, lo, hi) if hi > lo else []
+            wanted.update(dict.fromkeys(keys))
+            plans.append((keys, lo, hi))
+        fetched: dict[ChunkKey, memoryview] = {}
+        results: list[Any]
+        try:
+            keys = list(wanted)
+            views = await self.router.get_chunks(keys) if keys else []
+            fetched = dict(zip(keys, views, strict=True))
+        except Exception:
+            # Some chunk failed: read range by range, so that each range
+            # reports its own outcome.
+            results = await asyncio.gather(
+                *(
+                    self._cat_file(p, s, e)
+                    for p, s, e in zip(paths, starts_l, ends_l, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        else:
+            results = [
+                plan
+                if isinstance(plan, BaseException)
+                else self._assemble(plan[0], [fetched[k] for k in plan[0]], *plan[1:])
+                for plan in plans
+            ]
+        out: list[bytes | Exception] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                if on_error == "raise" or not isinstance(r, Exception):
+                    raise r
+                out.append(r)
+            else:
+                out.append(r)
+        return out
+
+    @_on_own_loop
     async def _get_file(
         self,
         rpath: str,
@@ -696,6 +793,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
 
     # -- metadata ------------------------------------------------------------
 
+    @_on_own_loop
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         tpath = self._target_path(path)
         cached = self._infos.get(tpath)
@@ -728,6 +826,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             # The origin changed: the old version's chunks are dead weight.
             self.router.discard(self._span_keys(old, 0, old.size) if old.size else [])
 
+    @_on_own_loop
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         tpath = self._target_path(path)
         listing = self._listings.get(tpath)
@@ -743,6 +842,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             return [dict(e) for e in listing]
         return [e["name"] for e in listing]
 
+    @_on_own_loop
     async def _find(
         self,
         path: str,
@@ -761,6 +861,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
 
     # -- writes (pass through, then invalidate) ------------------------------
 
+    @_on_own_loop
     async def _pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
         tpath = self._target_path(path)
         try:
@@ -768,6 +869,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         finally:
             self.invalidate(tpath)
 
+    @_on_own_loop
     async def _put_file(
         self,
         lpath: str,
@@ -783,6 +885,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         finally:
             self.invalidate(tpath)
 
+    @_on_own_loop
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         tpath = self._target_path(path2)
         try:
@@ -792,6 +895,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         finally:
             self.invalidate(tpath)
 
+    @_on_own_loop
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         tpath = self._target_path(path)
         try:
@@ -799,6 +903,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         finally:
             self.invalidate(tpath)
 
+    @_on_own_loop
     async def _rm(
         self,
         path: str | list[str],
@@ -816,6 +921,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             for tpath in tpaths:
                 self.invalidate(tpath, recursive=True)
 
+    @_on_own_loop
     async def _mkdir(
         self, path: str, create_parents: bool = True, **kwargs: Any
     ) -> None:
@@ -824,10 +930,12 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             "mkdir", self._target_path(path), create_parents=create_parents, **kwargs
         )
 
+    @_on_own_loop
     async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
         self._listings.clear()
         await self.fetcher.call("makedirs", self._target_path(path), exist_ok=exist_ok)
 
+    @_on_own_loop
     async def _rmdir(self, path: str) -> None:
         self.invalidate(path, recursive=True)
         await self.fetcher.call("rmdir", self._target_path(path))

@@ -336,3 +336,16 @@ def test_sync_target_is_offloaded(
     fs2 = make_fs(target_protocol=None, fs=fsspec.filesystem("memory"))
     fs2.pipe_file("/m/x.bin", data)
     assert fs2.cat_file("memory://m/x.bin") == data
+
+
+def test_cat_ranges_coalesces_misses_across_ranges(origin, shard_files, make_fs):
+    fs = make_fs(ram_limit="64MiB")
+    name, data = first(shard_files)
+    url = origin.url_for(name)
+    fs.info(url)  # the version is known: only data requests follow
+    origin.reset_stats()
+    starts = [0, MiB, 2 * MiB]
+    ends = [MiB, 2 * MiB, 3 * MiB]
+    got = fs.cat_ranges([url] * 3, starts, ends)
+    assert got == [data[s:e] for s, e in zip(starts, ends, strict=True)]
+    assert origin.stats.get_requests == 1  # three adjacent chunks, one GET

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.core.sync import sync as zarr_sync
-from zarr.storage import FsspecStore
+from zarr.storage import FsspecStore, LocalStore
 
 from cachefs.data.world import World
 from cachefs.filesystem import CacheFileSystem
@@ -108,7 +108,9 @@ class ZarrWindows:
     Notes
     -----
     Without a ``CacheFileSystem`` (an array on a local store, say) windows are
-    read all the same, without prefetching. Prefetching a key that has no
+    read all the same, without prefetching. An array given as a
+    ``zarr.Array`` together with ``fs`` must live on an ``FsspecStore`` or a
+    ``LocalStore`` (whose paths ``fs`` can name). Prefetching a key that has no
     object (a chunk never written, read as the fill value) fails quietly: it
     is logged and recorded on the prefetch handle.
     """
@@ -146,10 +148,21 @@ class ZarrWindows:
             and isinstance(store.fs, CacheFileSystem)
         ):
             fs = store.fs
+        # Where the array's keys live, as paths of `fs`.
+        if isinstance(store, FsspecStore):
+            base = store.path
+        elif isinstance(store, LocalStore):
+            base = str(store.root)
+        elif fs is not None:
+            raise TypeError(
+                "fs= needs an array on an FsspecStore or a LocalStore, "
+                f"not on a {type(store).__name__}"
+            )
+        else:
+            base = ""
         self.fs = fs
         # Storage objects are shards when the array is sharded, else chunks.
         self.grid: tuple[int, ...] = tuple(self.array.shards or self.array.chunks)
-        base = store.path if isinstance(store, FsspecStore) else ""
         self._prefix = _join(base, self.array.path)
         self.epoch = 0
 
@@ -266,7 +279,14 @@ class ZarrWindows:
         found: list[Any] = zarr_sync(read_all())
         return [np.asarray(window) for window in found]
 
-    def _prefetch(self, origins: Sequence[Origin]) -> PrefetchHandle | None:
+    def prefetch(self, origins: Sequence[Origin]) -> PrefetchHandle | None:
+        """Prefetch the storage objects of the windows at ``origins``.
+
+        Iteration does this by itself, batch by batch; call it to warm the
+        cache ahead (e.g. the first batches of an epoch). Returns the
+        :class:`~cachefs.prefetch.PrefetchHandle` (``None`` without a
+        ``CacheFileSystem``); with a synchronous ``fs`` it can be waited on.
+        """
         fs = self.fs
         if fs is None or fs.router.staging is None:
             return None
@@ -306,7 +326,7 @@ class ZarrWindows:
             for i, group in enumerate(groups):
                 # Keys of this batch and of `lookahead` batches after it.
                 while issued < min(len(groups), i + 1 + self.lookahead):
-                    handle = self._prefetch(groups[issued])
+                    handle = self.prefetch(groups[issued])
                     if handle is not None:
                         handles.append(handle)
                     issued += 1
