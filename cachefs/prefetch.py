@@ -354,17 +354,31 @@ class PrefetchHandle:
         # A batch never asks for more than the whole budget.
         group = max(1, min(router.max_coalesce, staging.limit) // cs)
 
+        seen = {"files": 0, "bytes": 0}
+
         def look_up(i: int) -> None:
-            if i < len(self.items) and i not in resolving:
-                path = _item_path(self.items[i])
-                if fs._known_version(path) is None and not fs._first_read_fetches(path):
-                    resolving[i] = asyncio.ensure_future(fs._version(path))
+            if i >= len(self.items) or i in resolving:
+                return
+            path = _item_path(self.items[i])
+            if fs._known_version(path) is not None:
+                return
+            if not fs._first_read_fetches(path):
+                resolving[i] = asyncio.ensure_future(fs._version(path))
+                return
+            # Small files: one request each, and at most one round trip apart
+            # is too slow; read several ahead at once, within the budget.
+            small = seen["files"] and seen["bytes"] / seen["files"] < group * cs / 4
+            if small and len(resolving) < lookahead:
+                first, span = self._first_span(self.items[i], group)
+                if staging.try_reserve(span):
+                    resolving[i] = asyncio.ensure_future(
+                        self._first_read(path, first, span)
+                    )
 
         try:
-            for i in range(min(lookahead, len(self.items))):
-                look_up(i)
             for i, item in enumerate(self.items):
-                look_up(i + lookahead)
+                for ahead in range(i, min(i + lookahead, len(self.items))):
+                    look_up(ahead)
                 path = _item_path(item)
                 start, end = (None, None) if isinstance(item, str) else item[1:]
                 try:
@@ -377,6 +391,8 @@ class PrefetchHandle:
                     self._fail(path, exc)
                     continue
                 lo, hi = fs._clip(version.size, start, end)
+                seen["files"] += 1
+                seen["bytes"] += version.size
                 if hi <= lo:
                     continue
                 self.total_bytes += hi - lo
@@ -422,25 +438,34 @@ class PrefetchHandle:
         """Return ``path``'s version, learning it from a first batch if new."""
         fs = self.fs
         start, end = span_of
-        version = fs._known_version(path)
-        if version is not None:
-            resolving.pop(i, None)
-            return version
         task = resolving.pop(i, None)
         if task is not None:
             found: FileVersion = await task
             return found
-        cs = fs.chunk_size
+        version = fs._known_version(path)
+        if version is not None:
+            return version
         if (start is not None and start < 0) or not fs._first_read_fetches(path):
             return await fs._version(path)
-        first = (start or 0) // cs * cs
-        span = group * cs
-        if end is not None and end >= 0:
-            span = min(span, max(-(-(end - first) // cs) * cs, cs))
+        first, span = self._first_span((path, start, end), group)
         staging = fs.router.staging
         assert staging is not None
         await staging.reserve(span)
-        version, _ = await fs._resolve_span(
+        return await self._first_read(path, first, span)
+
+    def _first_span(self, item: PrefetchItem, group: int) -> tuple[int, int]:
+        """Return where a new file's first batch starts and its length."""
+        cs = self.fs.chunk_size
+        start, end = (None, None) if isinstance(item, str) else item[1:]
+        first = max(start or 0, 0) // cs * cs
+        span = group * cs
+        if end is not None and end >= 0:
+            span = min(span, max(-(-(end - first) // cs) * cs, cs))
+        return first, span
+
+    async def _first_read(self, path: str, first: int, span: int) -> FileVersion:
+        """Read a new file's first batch (reserved already); return its version."""
+        version, _ = await self.fs._resolve_span(
             path, first, span, staged=True, reserved=span
         )
         return version
