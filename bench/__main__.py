@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_shards, hot_path
+from bench import (
+    cold_shards,
+    compression,
+    epoch_scan,
+    hot_path,
+    publish,
+    single_flight,
+)
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
 from cachefs import parse_size
 
@@ -31,6 +38,9 @@ SCENARIOS: dict[str, Scenario] = {
     "hot_path": hot_path.run,
     "cold_shards": cold_shards.run,
     "consumer_wait": cold_shards.run_consumer_wait,
+    "epoch_scan": epoch_scan.run,
+    "single_flight": single_flight.run,
+    "compression": compression.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -101,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is unmet"
     )
+    parser.add_argument(
+        "--no-publish",
+        dest="publish",
+        action="store_false",
+        help="do not rewrite docs/bench/results.md and its plots",
+    )
     return parser
 
 
@@ -155,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = result.write(args.out)
         print(f"\n{name}: {result.duration_s:.1f} s, results in {path}", flush=True)
         failed = failed or bool(unmet(rows))
+    if args.publish:
+        page = publish.publish(args.out)
+        print(f"report: {page}", flush=True)
     return 1 if failed and args.strict else 0
 
 

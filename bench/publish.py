@@ -141,9 +141,9 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     return path
 
 
-def publish(results_dir: Path = RESULTS_DIR, out: Path = DOCS_DIR) -> Path:
+def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
     """Write the results page and plots; return the page's path."""
-    docs = _load(results_dir)
+    docs = _load(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         p

@@ -66,6 +66,11 @@ def _common() -> argparse.ArgumentParser:
         metavar="JSON",
         help="target filesystem options, e.g. '{\"anon\": true}'",
     )
+    g.add_argument(
+        "--shared",
+        metavar="URL",
+        help="shared tier below the disk tier, e.g. file:///mnt/lustre/cachefs",
+    )
     g.add_argument("-v", "--verbose", action="count", help="more output; tracebacks")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     return p
@@ -110,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-j", "--jobs", type=_positive_int, help="concurrent origin requests"
+    )
+    p.add_argument(
+        "--to",
+        choices=("node", "shared"),
+        default="node",
+        help="node: this node's disk tier (default); shared: the shared tier, "
+        "once for all nodes (needs --shared)",
     )
     p.add_argument("--rank", type=_int, default=0, help="this node's rank (0)")
     p.add_argument("--world-size", type=_int, default=1, help="number of ranks (1)")

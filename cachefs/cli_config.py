@@ -42,6 +42,7 @@ CLI_OPTIONS = {
     "chunk_size": "--chunk-size",
     "metadata_ttl": "--metadata-ttl",
     "target_options": "--target-options",
+    "shared": "--shared",
 }
 _NOT_SETTINGS = frozenset({"self", "target_protocol", "fs", "kwargs"})
 _ENV_PREFIX = "FSSPEC_CACHEFS_"
@@ -74,13 +75,16 @@ class Settings:
     def fs_kwargs(self) -> dict[str, Any]:
         """Return the keywords that build a filesystem with these settings."""
         dirs = [str(d) for d in self.cache_dirs]
-        return {
+        kwargs: dict[str, Any] = {
             "cache_dir": dirs[0] if len(dirs) == 1 else dirs,
             "ram_limit": self.ram_limit,
             "disk_limit": self.disk_limit,
             "chunk_size": self.chunk_size,
             "metadata_ttl": self.metadata_ttl,
         }
+        if self.values.get("shared"):
+            kwargs["shared"] = self.values["shared"]
+        return kwargs
 
 
 def keyword_defaults() -> dict[str, Any]:

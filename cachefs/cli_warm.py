@@ -188,12 +188,23 @@ def _describe(exc: BaseException) -> str:
 
 
 def _cached_bytes(fs: CacheFileSystem, version: FileVersion) -> tuple[int, int]:
-    """Return ``(bytes on disk, bytes missing)`` of ``version``."""
+    """Return ``(bytes cached, bytes missing)`` of ``version``.
+
+    Cached means on this node's disk tier or, when warming to the shared
+    tier (no disk tier), present there.
+    """
     have = missing = 0
+    shared = fs.router.shared if not fs.router.disks else None
     for i in range(version.chunk_count(fs.chunk_size)):
         key = version.key(fs.chunk_size, i)
         disk = fs.router.disk_for(key)
-        if disk is not None and disk.contains(key):
+        if disk is not None:
+            present = disk.contains(key)
+        elif shared is not None:
+            present = bool(shared.fs.exists(shared.path_for(key.digest)))
+        else:
+            present = False
+        if present:
             have += key.length
         else:
             missing += key.length
@@ -260,7 +271,13 @@ def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) 
     args.urls = [u.removeprefix("cachefs::") for u in args.urls]
     protocol = url_protocol(args.urls)
     world = World(rank=args.rank, world_size=args.world_size)
-    if settings.disk_limit == 0:
+    to_shared = getattr(args, "to", "node") == "shared"
+    if to_shared and not settings.values.get("shared"):
+        raise ValueError(
+            "warm --to shared needs a shared tier: --shared URL "
+            "(or FSSPEC_CACHEFS_SHARED)"
+        )
+    if settings.disk_limit == 0 and not to_shared:
         raise ValueError("warm needs the disk tier, but --disk-limit is 0")
     staging = settings.values.get("prefetch_limit", "256MiB")
     overrides: dict[str, Any] = {
@@ -268,6 +285,9 @@ def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) 
         "ram_limit": 0,
         "prefetch_hold": 0.0,
     }
+    if to_shared:
+        # Straight to the shared tier, once for all nodes: not this node's disk.
+        overrides["disk_limit"] = 0
     if staging in (0, "0"):
         overrides["prefetch_limit"] = _STAGING_FALLBACK
     if args.jobs is not None:
@@ -289,7 +309,10 @@ def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) 
     for path, error in result.failed:
         log(f"failed: {path}: {error}")
     for path in result.incomplete:
-        log(f"not fully cached: {path} (is --disk-limit smaller than the data?)")
+        where = (
+            "the shared tier" if to_shared else "--disk-limit smaller than the data?"
+        )
+        log(f"not fully cached: {path} ({where})")
     if args.json:
         import json
 

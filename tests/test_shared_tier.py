@@ -138,3 +138,44 @@ def test_shared_option_shapes_and_errors(tmp_path):
         )
     with pytest.raises(TypeError, match="shared must be a URL or a dict"):
         CacheFileSystem(target_protocol="memory", shared=42, skip_instance_cache=True)
+
+
+def test_cli_warms_the_shared_tier_once_for_all_nodes(dataset, tmp_path):
+    shared = f"file://{tmp_path / 'shared'}"
+    total = sum(len(v) for v in dataset.values())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC")}
+    env["FSSPEC_CONFIG_DIR"] = str(tmp_path / "no-config")
+    with HTTPOrigin(files=dataset) as origin:
+        base = origin.url_for("ds/")
+        warm = subprocess.run(
+            [sys.executable, "-m", "cachefs.cli", "warm", base, "--to", "shared",
+             "--shared", shared, "--cache-dir", str(tmp_path / "warmer"),
+             "--chunk-size", "256kB", "--json"],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert warm.returncode == 0, warm.stderr
+        assert json.loads(warm.stdout)["files"] == len(dataset)
+        assert origin.stats.bytes_sent == total
+        warmer_chunks = tmp_path / "warmer" / "chunks"
+        assert not [p for p in warmer_chunks.rglob("*") if p.is_file()]  # not local
+        origin.reset_stats()
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        node = run_node(urls, tmp_path / "node", shared)
+        assert origin.stats.bytes_sent == 0
+        assert node["stats"]["shared"]["hit_bytes"] == total
+        again = subprocess.run(
+            [sys.executable, "-m", "cachefs.cli", "warm", base, "--to", "shared",
+             "--shared", shared, "--cache-dir", str(tmp_path / "warmer"),
+             "--chunk-size", "256kB", "--json"],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert origin.stats.bytes_sent == 0  # resumable: nothing fetched again
+    missing = subprocess.run(
+        [sys.executable, "-m", "cachefs.cli", "warm", base, "--to", "shared",
+         "--cache-dir", str(tmp_path / "w2")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "needs a shared tier" in missing.stderr
+    assert "Traceback" not in missing.stderr
