@@ -514,6 +514,7 @@ class ChunkRouter:
         learned.add_done_callback(_retrieve)  # type: ignore[arg-type]
         mine: dict[int, ChunkKey] = {}
         got: list[tuple[ChunkKey, memoryview]] = []
+        held: list[StripeLock] = []
         staging = self.staging if staged else None
 
         def on_info(info: dict[str, Any]) -> None:
@@ -523,6 +524,17 @@ class ChunkRouter:
                 key = version.key(chunk_size, index)
                 if key in self._inflight or (self.ram is not None and key in self.ram):
                     continue  # someone else has or fetches it
+                disk = self.disk_for(key)
+                if disk is not None:
+                    # The chunk's stripe lock, as any fill holds it: a process
+                    # that learns the version now waits for these bytes.
+                    stripe = disk.stripe_lock(key)
+                    if not stripe.try_acquire():
+                        continue  # another process fetches it
+                    if disk.contains(key):
+                        stripe.release()
+                        continue
+                    held.append(stripe)
                 fut: asyncio.Future[memoryview] = loop.create_future()
                 fut.add_done_callback(_retrieve)
                 self._inflight[key] = fut
@@ -582,6 +594,8 @@ class ChunkRouter:
                             self._prefetching.discard(key)
                             self.staging.unreserve(key.length)
                             self.staging.forget(key)
+                    for stripe in held:
+                        stripe.release()
                     if lock is not None:
                         lock.release()
                     if staging is not None and not learned.done():
