@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-publish",
         dest="publish",
         action="store_false",
-        help="do not rewrite docs/bench/results.md and its plots",
+        help="do not rewrite docs/bench/results.md and its plots (only a run "
+        "into the default --out rewrites them)",
     )
     return parser
 
@@ -171,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = result.write(args.out)
         print(f"\n{name}: {result.duration_s:.1f} s, results in {path}", flush=True)
         failed = failed or bool(unmet(rows))
-    if args.publish:
+    # Only a run into bench/results rewrites the docs: a run elsewhere (a
+    # test, an experiment) must not replace the published figures.
+    if args.publish and Path(args.out).resolve() == RESULTS_DIR.resolve():
         page = publish.publish(args.out)
         print(f"report: {page}", flush=True)
     return 1 if failed and args.strict else 0

@@ -145,15 +145,18 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
     """Write the results page and plots; return the page's path."""
     docs = _load(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    plots = [
-        p
-        for p in (
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plots")
+        plots = []
+    else:
+        found = (
             _plot_throughput(docs, out),
             _plot_epochs(docs, out),
             _plot_wait(docs, out),
         )
-        if p is not None
-    ]
+        plots = [p for p in found if p is not None]
     lines = [
         "# Measured results",
         "",

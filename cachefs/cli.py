@@ -325,17 +325,17 @@ def cmd_evict(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
         if not any(p.matches(s.record.version) for s in statuses):
             log(f"nothing cached under {p.text}")
     removed, nbytes = evict_files(view, statuses)
+    doc = {"files": [s.url for s in statuses], "chunks": removed, "bytes": nbytes}
+    text = f"evicted {len(statuses)} files: {removed} chunks, {fmt_bytes(nbytes)}"
+    return _report(args, out, doc, text)
+
+
+def _report(args: Any, out: TextIO, doc: dict[str, Any], text: str) -> int:
+    """Print ``doc`` as JSON with ``--json``, else ``text`` unless ``--quiet``."""
     if args.json:
-        doc = {
-            "files": [s.url for s in statuses],
-            "chunks": removed,
-            "bytes": nbytes,
-        }
         out.write(json.dumps(doc, indent=2) + "\n")
     elif not args.quiet:
-        out.write(
-            f"evicted {len(statuses)} files: {removed} chunks, {fmt_bytes(nbytes)}\n"
-        )
+        out.write(text + "\n")
     return EXIT_OK
 
 
@@ -343,14 +343,9 @@ def cmd_clear(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
     """``cachefs clear``."""
     view = _view(settings, log)
     chunks, nbytes, records = clear_dirs(view)
-    if args.json:
-        doc = {"chunks": chunks, "bytes": nbytes, "records": records}
-        out.write(json.dumps(doc, indent=2) + "\n")
-    elif not args.quiet:
-        out.write(
-            f"cleared {chunks} chunks ({fmt_bytes(nbytes)}) and {records} records\n"
-        )
-    return EXIT_OK
+    doc = {"chunks": chunks, "bytes": nbytes, "records": records}
+    text = f"cleared {chunks} chunks ({fmt_bytes(nbytes)}) and {records} records"
+    return _report(args, out, doc, text)
 
 
 def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:

@@ -1,4 +1,4 @@
-"""``cachefs demo``: stream a training dataset through the cache, epoch by epoch.
+"""Stream a small training dataset through cachefs, epoch by epoch, beside fsspec.
 
 The demo needs nothing beyond an install. It writes a small WebDataset-style
 dataset (tar shards of samples of a few KiB) into memory, serves it from a
@@ -103,19 +103,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smaller dataset (8 x 2 MiB)"
     )
-    parser.add_argument("--shards", type=_count, default=None, help=f"({d.shards})")
+    parser.add_argument(
+        "--shards", type=_count, default=None, help=f"number of shards ({d.shards})"
+    )
     parser.add_argument(
         "--shard-size", type=_size, default=None, help="bytes per shard (8MiB)"
     )
     parser.add_argument(
         "--sample-size", type=_size, default=None, help="mean bytes per sample (4KiB)"
     )
-    parser.add_argument("--epochs", type=_count, default=None, help=f"({d.epochs})")
+    parser.add_argument(
+        "--epochs", type=_count, default=None, help=f"epochs to read ({d.epochs})"
+    )
     parser.add_argument(
         "--workers", type=_count, default=None, help=f"DataLoader workers ({d.workers})"
     )
     parser.add_argument(
-        "--batch-size", type=_count, default=None, help=f"({d.batch_size})"
+        "--batch-size",
+        type=_count,
+        default=None,
+        help=f"samples per batch ({d.batch_size})",
     )
     parser.add_argument(
         "--latency",
@@ -129,11 +136,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds of simulated training work per batch (0)",
     )
-    parser.add_argument("--chunk-size", type=_size, default=None, help="(1MiB)")
+    parser.add_argument(
+        "--chunk-size", type=_size, default=None, help="cachefs chunk size (1MiB)"
+    )
     parser.add_argument(
         "--cache-dir", default=None, help="keep the cache here (default: a temp dir)"
     )
-    parser.add_argument("--seed", type=int, default=None, help="(0)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the data and the order (0)"
+    )
     parser.add_argument(
         "--no-baseline",
         dest="baseline",

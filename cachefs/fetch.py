@@ -9,9 +9,10 @@ maps failures to builtin exceptions that name the URL and range.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -215,7 +216,6 @@ class Fetcher:
         StaleVersionError
             When the origin's ETag no longer matches ``token``.
         """
-        sem, budget = self._caps()
         http = _is_http(self.target)
         state: dict[str, Any] = {"pos": start, "token": token, "size": None}
 
@@ -233,17 +233,24 @@ class Fetcher:
                     path, stop, piece, state, info_seen, on_piece
                 )
                 return
-            async with sem:
-                held = await budget.acquire(stop - state["pos"])
-                try:
-                    self.stats.requests += 1
-                    await self._with_timeout(
-                        self._stream_http(path, stop, piece, state, info_seen, on_piece)
-                    )
-                finally:
-                    await budget.release(held)
+            async with self._request_slot(stop - state["pos"]):
+                await self._with_timeout(
+                    self._stream_http(path, stop, piece, state, info_seen, on_piece)
+                )
 
         await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
+
+    @contextlib.asynccontextmanager
+    async def _request_slot(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold one of ``max_requests`` slots and ``nbytes`` of the byte cap."""
+        sem, budget = self._caps()
+        async with sem:
+            held = await budget.acquire(nbytes)
+            try:
+                self.stats.requests += 1
+                yield
+            finally:
+                await budget.release(held)
 
     async def _stream_generic(
         self,
@@ -263,16 +270,10 @@ class Fetcher:
         hi = stop if state["size"] is None else min(stop, state["size"])
         if hi <= pos:
             return
-        sem, budget = self._caps()
-        async with sem:
-            held = await budget.acquire(hi - pos)
-            try:
-                self.stats.requests += 1
-                data = await self._with_timeout(
-                    self._read_range(path, pos, hi, state["token"])
-                )
-            finally:
-                await budget.release(held)
+        async with self._request_slot(hi - pos):
+            data = await self._with_timeout(
+                self._read_range(path, pos, hi, state["token"])
+            )
         if len(data) != hi - pos:
             raise ShortReadError(
                 f"origin returned {len(data)} bytes for a {hi - pos}-byte range"

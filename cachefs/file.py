@@ -112,12 +112,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return b""
-        window = self._window
-        if window is not None:
-            if pos == window.expected or window.size:
-                self._read_ahead(pos, stop)
-            else:  # random access: just remember where this read ended
-                window.expected = stop
+        if self._window is not None:
+            self._note_read(pos, stop)
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:  # the common case: inside one chunk
@@ -142,12 +138,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return 0
-        window = self._window
-        if window is not None:
-            if pos == window.expected or window.size:
-                self._read_ahead(pos, stop)
-            else:  # random access: just remember where this read ended
-                window.expected = stop
+        if self._window is not None:
+            self._note_read(pos, stop)
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:  # inside one chunk: one slice, one copy
@@ -170,12 +162,8 @@ class CachedFile(io.RawIOBase):
         if stop <= pos:
             self._check_open()
             return memoryview(b"")
-        window = self._window
-        if window is not None:
-            if pos == window.expected or window.size:
-                self._read_ahead(pos, stop)
-            else:  # random access: just remember where this read ended
-                window.expected = stop
+        if self._window is not None:
+            self._note_read(pos, stop)
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:
@@ -219,6 +207,15 @@ class CachedFile(io.RawIOBase):
         return _reopen, (self.fs, self.path, self._pos)
 
     # -- chunk access --------------------------------------------------------
+
+    def _note_read(self, start: int, stop: int) -> None:
+        """Feed a read to the readahead window."""
+        window = self._window
+        assert window is not None
+        if start == window.expected or window.size:
+            self._read_ahead(start, stop)
+        else:  # random access: just remember where this read ended
+            window.expected = stop
 
     def _read_ahead(self, start: int, stop: int) -> None:
         """Grow or reset the window and schedule chunks beyond ``stop``."""

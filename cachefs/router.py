@@ -367,13 +367,7 @@ class ChunkRouter:
         except BaseException as exc:
             if self.staging is not None and not isinstance(exc, asyncio.CancelledError):
                 self.staging.stats.failed += sum(k in self._prefetching for k in run)
-            for key in run:
-                fut = self._inflight.get(key)
-                if fut is not None and not fut.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        fut.cancel()
-                    else:
-                        fut.set_exception(exc)
+            self._fail(run, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -572,13 +566,7 @@ class ChunkRouter:
                 elif staging is not None and not cancelled:
                     keys = mine.values()
                     staging.stats.failed += sum(k in self._prefetching for k in keys)
-                for key in mine.values():
-                    fut = self._inflight.get(key)
-                    if fut is not None and not fut.done():
-                        if isinstance(exc, asyncio.CancelledError):
-                            fut.cancel()
-                        else:
-                            fut.set_exception(exc)
+                self._fail(mine.values(), exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             finally:
@@ -690,6 +678,16 @@ class ChunkRouter:
             disk = self.disk_for(key)
             if disk is not None:
                 disk.put(key, view)
+
+    def _fail(self, keys: Iterable[ChunkKey], exc: BaseException) -> None:
+        """Hand a failed (or cancelled) fetch to the readers of ``keys``."""
+        for key in keys:
+            fut = self._inflight.get(key)
+            if fut is not None and not fut.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    fut.cancel()
+                else:
+                    fut.set_exception(exc)
 
     def _resolve(self, key: ChunkKey, view: memoryview) -> None:
         fut = self._inflight.get(key)

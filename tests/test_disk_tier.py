@@ -519,3 +519,30 @@ def test_full_disk_degrades_to_pass_through(
     full = [w for w in report["warnings"] if "is full" in w]
     assert len(full) == 1, report["warnings"]  # warned once, not per chunk
     assert str(cache_dir) in full[0]
+
+
+def test_a_forked_child_does_not_keep_the_parents_locks(tmp_path):
+    """flock is shared with a forked child; the child must drop its copies."""
+    tier = DiskTier(tmp_path / "cache", 1 << 20, make_policy("lru"))
+    key = FileVersion("http", "/fork.bin", 10, "tok").key(4, 0)
+    lock = tier.stripe_lock(key)
+    assert lock.try_acquire()
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child lives on, like a persistent DataLoader worker
+        os.close(write_end)
+        os.write(ready_write, b"r")  # fork handlers have run by now
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    assert os.read(ready_read, 1) == b"r"
+    try:
+        lock.release()
+        again = tier.stripe_lock(key)
+        assert again.try_acquire(), "the child kept the parent's lock"
+        again.release()
+    finally:
+        os.write(write_end, b"x")
+        os.close(write_end)
+        os.waitpid(pid, 0)

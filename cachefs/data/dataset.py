@@ -269,11 +269,10 @@ class ShardDataset(_Base):  # type: ignore[misc]
         self.drop_last = _check_bool(drop_last, "drop_last")
         world = World.detect(rank, world_size)
         self.rank, self.world_size = world.rank, world.world_size
-        if isinstance(urls, str) and not urls:
+        if not urls:
             raise ValueError("urls must name at least one shard")
         if fs is None:
-            first = urls if isinstance(urls, str) else (urls[0] if urls else "")
-            fs = _default_fs(first)
+            fs = _default_fs(urls if isinstance(urls, str) else urls[0])
         if not isinstance(fs, AbstractFileSystem):
             raise TypeError(f"fs must be an fsspec filesystem, got {type(fs).__name__}")
         self.fs = fs
@@ -313,11 +312,14 @@ class ShardDataset(_Base):  # type: ignore[misc]
             return [ShardIndex(c) for c in counts]
         store = _index_store(self.fs)
         reader, fs = self._reader, self.fs
-        if len(self.urls) == 1:
-            return [reader.index(fs, self.urls[0], store)]
         workers = min(_INDEX_THREADS, len(self.urls))
         with ThreadPoolExecutor(workers, thread_name_prefix="cachefs-index") as pool:
-            return list(pool.map(lambda u: reader.index(fs, u, store), self.urls))
+            indexes = list(pool.map(lambda u: reader.index(fs, u, store), self.urls))
+        if isinstance(fs, CacheFileSystem):
+            # Let the reads' disk writes finish now: DataLoader workers fork
+            # next, and a child must not inherit a chunk lock held mid-write.
+            fs.wait_idle()
+        return indexes
 
     @property
     def sample_counts(self) -> list[int]:
@@ -436,10 +438,6 @@ class ShardDataset(_Base):  # type: ignore[misc]
             (self.urls[s], *self._reader.byte_range(self._indexes[s], a, b))
             for s, a, b in spans
         ]
-        # Learn the first shard's version before the prefetch starts: else
-        # opening it right away reads its first chunk alongside the
-        # prefetch of that same chunk (one metadata round trip, or none).
-        fs.info(items[0][0])
         try:
             handle: PrefetchHandle = start(items)
         except ValueError:  # the filesystem has prefetch off (prefetch_limit=0)

@@ -81,18 +81,36 @@ def _warn_unlocked(path: Path, exc: OSError) -> None:
         )
 
 
+#: Descriptors of the stripe locks this process holds.
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    # flock belongs to the open file description, which a forked child
+    # shares: the child's copies would keep the parent's locks held for as
+    # long as the child lives (a persistent DataLoader worker). Close them.
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class StripeLock:
     """An exclusive ``flock`` on one of the tier's lock stripes.
 
     Chunks whose digests share a 4-hex-digit prefix share a stripe; a process
     fetching a chunk holds its stripe until the chunk is published, so other
     processes wait instead of fetching it again. The kernel drops the lock if
-    the holder dies.
+    the holder dies; a forked child drops its inherited copies at once.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd: int | None = None
+        self._pid = 0
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return whether it was taken.
@@ -111,19 +129,21 @@ class StripeLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         return True
 
     def release(self) -> None:
-        """Release the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        """Release the lock (idempotent; a no-op in a forked child)."""
+        fd, self._fd = self._fd, None
+        if fd is not None and self._pid == os.getpid():
+            _HELD.discard(fd)
+            os.close(fd)  # closing drops the flock
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
-        return self._fd is not None
+        return self._fd is not None and self._pid == os.getpid()
 
 
 class DiskTier:
