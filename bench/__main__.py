@@ -23,6 +23,7 @@ from bench import (
     compression,
     epoch_scan,
     hot_path,
+    loader_stall,
     publish,
     single_flight,
 )
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "epoch_scan": epoch_scan.run,
     "single_flight": single_flight.run,
     "compression": compression.run,
+    "loader_stall": loader_stall.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -22,7 +22,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,23 @@ from cachefs.data.dataset import ShardDataset
 from cachefs.data.shards import Sample
 from cachefs.filesystem import CacheFileSystem
 
-__all__ = ["add_arguments", "main", "make_dataset", "run_cli"]
+__all__ = [
+    "DemoOptions",
+    "EpochRow",
+    "add_arguments",
+    "main",
+    "make_dataset",
+    "run_cli",
+    "run_demo",
+]
 
 MiB = 2**20
 
 
 @dataclass(frozen=True)
-class _Options:
+class DemoOptions:
+    """The demo's settings (see :func:`add_arguments` for each one)."""
+
     shards: int = 16
     shard_size: int = 8 * MiB
     sample_size: int = 4096
@@ -99,7 +109,7 @@ def _count(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (for ``cachefs demo``)."""
-    d = _Options()
+    d = DemoOptions()
     parser.add_argument(
         "--quick", action="store_true", help="a smaller dataset (8 x 2 MiB)"
     )
@@ -154,13 +164,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _options(args: argparse.Namespace) -> _Options:
+def _options(args: argparse.Namespace) -> DemoOptions:
     values: dict[str, Any] = dict(_QUICK) if getattr(args, "quick", False) else {}
-    for name in _Options.__dataclass_fields__:
+    for name in DemoOptions.__dataclass_fields__:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
-    opts = _Options(**values)
+    opts = DemoOptions(**values)
     for name in ("shards", "epochs", "batch_size"):
         if getattr(opts, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -223,7 +233,7 @@ def _batches(samples: Any, size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def _loader(ds: ShardDataset, opts: _Options) -> Any:
+def _loader(ds: ShardDataset, opts: DemoOptions) -> Any:
     try:
         import torch
         from torch.utils.data import DataLoader
@@ -244,7 +254,7 @@ def _loader(ds: ShardDataset, opts: _Options) -> Any:
 def _run(
     system: str,
     ds: ShardDataset,
-    opts: _Options,
+    opts: DemoOptions,
     origin: DemoOrigin,
     read_bytes: int,
 ) -> list[EpochRow]:
@@ -320,6 +330,19 @@ def run_cli(args: argparse.Namespace | None = None) -> int:
         print(f"cachefs demo: {exc}", file=sys.stderr)
         return 2
     began = time.perf_counter()
+    rows = run_demo(opts, announce=print)
+    print(format_table(rows))
+    print(
+        "hit rate: bytes read that the origin did not send; wait s: time the "
+        f"loop waited for batches. Total {time.perf_counter() - began:.1f} s."
+    )
+    return 0
+
+
+def run_demo(
+    opts: DemoOptions, announce: Callable[[str], object] | None = None
+) -> list[EpochRow]:
+    """Generate the dataset, serve it, and measure every epoch of each system."""
     files, counts = make_dataset(
         opts.shards, opts.shard_size, opts.sample_size, opts.seed
     )
@@ -341,12 +364,13 @@ def run_cli(args: argparse.Namespace | None = None) -> int:
             if _loader_available()
             else "the plain iterable (torch is not installed)"
         )
-        print(
-            f"cachefs demo: {opts.shards} tar shards, {sum(counts):,} samples, "
-            f"{total_bytes / MiB:.1f} MiB, served over HTTP with "
-            f"{opts.latency * 1000:g} ms per request; {opts.epochs} epochs through "
-            f"{mode}, batch {opts.batch_size}; cache in {cache_dir}"
-        )
+        if announce is not None:
+            announce(
+                f"cachefs demo: {opts.shards} tar shards, {sum(counts):,} samples, "
+                f"{total_bytes / MiB:.1f} MiB, served over HTTP with "
+                f"{opts.latency * 1000:g} ms per request; {opts.epochs} epochs "
+                f"through {mode}, batch {opts.batch_size}; cache in {cache_dir}"
+            )
         common: dict[str, Any] = {
             "sample_counts": counts,
             "seed": opts.seed,
@@ -369,12 +393,8 @@ def run_cli(args: argparse.Namespace | None = None) -> int:
                 origin,
                 total_bytes,
             )
-    print(format_table(rows))
-    print(
-        "hit rate: bytes read that the origin did not send; wait s: time the "
-        f"loop waited for batches. Total {time.perf_counter() - began:.1f} s."
-    )
-    return 0
+        fs.close()
+    return rows
 
 
 def _loader_available() -> bool:
