@@ -217,3 +217,44 @@ def test_prefetch_over_s3(
         assert fs.cat_file(path) == data
     assert fs.cache_stats()["origin"]["bytes"] == sent
     assert fs.cache_stats()["prefetch"]["issued"] >= 4
+
+
+def test_cli_warm_over_s3_then_read_without_the_origin(
+    s3_server: S3Server, put: Callable[[str, bytes], str], tmp_path: Path
+) -> None:
+    """``cachefs warm s3://...`` with --target-options, then read offline."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    files = {f"warm/part-{i}.bin": payload(40 + i, MiB + 7 * i) for i in range(3)}
+    paths = [put(key, data) for key, data in files.items()]
+    bucket = paths[0].split("/")[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC")}
+    env["FSSPEC_CONFIG_DIR"] = str(tmp_path / "no-config")
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cachefs.cli", "warm", f"s3://{bucket}/warm/",
+         "--target-options", json.dumps(s3_server.target_options),
+         "--cache-dir", str(cache), "--chunk-size", "1MiB", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["files"] == 3
+    # The origin is unreachable now: a closed port instead of moto.
+    offline = CacheFileSystem(
+        target_protocol="s3",
+        target_options={
+            **s3_server.target_options,
+            "endpoint_url": "http://127.0.0.1:9",
+        },
+        cache_dir=str(cache),
+        chunk_size=MiB,
+        metadata_ttl=None,
+        skip_instance_cache=True,
+    )
+    for path, data in zip(paths, files.values(), strict=True):
+        assert offline.cat_file(path) == data
+    assert offline.cache_stats()["origin"]["bytes"] == 0

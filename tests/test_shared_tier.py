@@ -16,6 +16,8 @@ import pytest
 from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
 
+pytest_plugins = ("tests.s3_server",)
+
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ print(json.dumps({"digests": digests, "stats": fs.cache_stats()}))
 """
 
 
-def run_node(urls: list[str], cache_dir: Path, shared: str) -> dict:
+def run_node(urls: list[str], cache_dir: Path, shared: str | dict) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", NODE, json.dumps([urls, str(cache_dir), shared])],
         capture_output=True,
@@ -179,3 +181,38 @@ def test_cli_warms_the_shared_tier_once_for_all_nodes(dataset, tmp_path):
     assert missing.returncode != 0
     assert "needs a shared tier" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_two_nodes_share_an_s3_bucket(dataset, tmp_path, s3_server, s3_bucket):
+    """The shared tier on an S3-compatible store (moto's server on loopback)."""
+    shared = {
+        "protocol": "s3",
+        "root": f"{s3_bucket}/cache",
+        "options": s3_server.target_options,
+    }
+    total = sum(len(v) for v in dataset.values())
+    client = s3_server.client()
+    with HTTPOrigin(files=dataset) as origin:
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
+        a = run_node(urls, tmp_path / "node-a", shared)
+        assert origin.stats.bytes_sent == total
+        assert a["stats"]["shared"]["puts"] == a["stats"]["router"]["fills"]
+        origin.reset_stats()
+        b = run_node(urls, tmp_path / "node-b", shared)
+        assert origin.stats.bytes_sent == 0
+        assert b["stats"]["shared"]["hit_bytes"] == total
+        # One published object damaged in the bucket: detected, not served.
+        listing = client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+        keys = sorted(o["Key"] for o in listing)
+        assert keys and all(k.startswith("cache/chunks/") for k in keys)
+        body = bytearray(
+            client.get_object(Bucket=s3_bucket, Key=keys[0])["Body"].read()
+        )
+        body[-1] ^= 0xFF
+        client.put_object(Bucket=s3_bucket, Key=keys[0], Body=bytes(body))
+        origin.reset_stats()
+        c = run_node(urls, tmp_path / "node-c", shared)
+        assert c["stats"]["shared"]["checksum_failures"] == 1
+        assert 0 < origin.stats.bytes_sent <= 256_000
+    assert a["digests"] == want and b["digests"] == want and c["digests"] == want
