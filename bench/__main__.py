@@ -25,6 +25,7 @@ from bench import (
     hot_path,
     loader_stall,
     publish,
+    s3_cold,
     single_flight,
 )
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "single_flight": single_flight.run,
     "compression": compression.run,
     "loader_stall": loader_stall.run,
+    "s3_cold": s3_cold.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -261,6 +261,12 @@ class Fetcher:
         info_seen: Callable[[dict[str, Any]], None],
         on_piece: Callable[[int, bytes | memoryview], None],
     ) -> None:
+        if _is_s3(self.target):
+            async with self._request_slot(stop - state["pos"]):
+                await self._with_timeout(
+                    self._stream_s3(path, stop, piece, state, info_seen, on_piece)
+                )
+            return
         if state["size"] is None and state["token"] is None:
             info = await self.info(path)
             if info.get("type") == "directory" or info.get("size") is None:
@@ -283,21 +289,82 @@ class Fetcher:
         while pos < hi:
             n = min(piece - pos % piece, hi - pos)
             offset = pos - state["pos"]
-            on_piece(
-                pos, whole[offset : offset + n].tobytes() if n < len(data) else data
-            )
+            on_piece(pos, whole[offset : offset + n])  # views: no copy
             pos += n
         state["pos"] = hi
 
     async def _read_range(
         self, path: str, start: int, stop: int, token: str | None
     ) -> bytes:
-        """One ranged read; on S3, conditional on the version's ETag."""
-        etag = token[5:] if token and token.startswith("ETag:") else None
-        if etag is not None and _is_s3(self.target):
-            return await _s3_get_range(self.target, path, start, stop, etag)
+        """One ranged read through the target's ``cat_file``."""
         data: bytes = await self.call("cat_file", path, start=start, end=stop)
         return data
+
+    async def _stream_s3(
+        self,
+        path: str,
+        stop: int,
+        piece: int,
+        state: dict[str, Any],
+        info_seen: Callable[[dict[str, Any]], None],
+        on_piece: Callable[[int, bytes | memoryview], None],
+    ) -> None:
+        """One GetObject; parts delivered as they arrive, info from its headers.
+
+        A known version makes the request conditional (``If-Match`` on its
+        ETag): S3 refuses (412) once the object changed.
+        """
+        target: Any = self.target
+        bucket, key, version_id = target.split_path(path)
+        pos = state["pos"]
+        request: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "Range": f"bytes={pos}-{stop - 1}",
+        }
+        token = state["token"]
+        etag = token[5:] if token and token.startswith("ETag:") else None
+        if etag is not None:
+            request["IfMatch"] = etag
+        if version_id:
+            request["VersionId"] = version_id
+        try:
+            response = await target._call_s3("get_object", **request)
+        except OSError as exc:
+            # s3fs maps these to plain OSErrors; the botocore cause says which.
+            cause = getattr(exc.__cause__, "response", None) or {}
+            code = cause.get("Error", {}).get("Code")
+            if code == "PreconditionFailed":
+                raise StaleVersionError(
+                    f"{path} changed at the origin (ETag is no longer {etag}); "
+                    "reopen it to read the new version"
+                ) from exc
+            if code == "InvalidRange":  # an empty object, or past its end
+                info_seen(await self.info(path))
+                return
+            raise
+        body = response["Body"]
+        try:
+            content_range = response.get("ContentRange") or ""
+            size = (
+                int(content_range.rpartition("/")[2])
+                if content_range
+                else pos + int(response["ContentLength"])
+            )
+            info: dict[str, Any] = {"name": path, "size": size, "type": "file"}
+            if response.get("ETag"):
+                info["ETag"] = response["ETag"]
+            info_seen(info)
+            hi = min(stop, size)
+            while pos < hi:
+                n = min(piece - pos % piece, hi - pos)
+                data = await _read_exactly(body, n)
+                self.stats.bytes += n
+                on_piece(pos, data)
+                pos += n
+                state["pos"] = pos
+        finally:
+            body.close()
 
     async def _stream_http(
         self,
@@ -407,33 +474,14 @@ def _is_s3(target: AbstractFileSystem) -> bool:
     return isinstance(target, S3FileSystem)
 
 
-async def _s3_get_range(
-    target: Any, path: str, start: int, stop: int, etag: str
-) -> bytes:
-    """GET a range with ``If-Match``: S3 refuses (412) once the object changed."""
-    bucket, key, version_id = target.split_path(path)
-    request: dict[str, Any] = {
-        "Bucket": bucket,
-        "Key": key,
-        "Range": f"bytes={start}-{stop - 1}",
-        "IfMatch": etag,
-    }
-    if version_id:
-        request["VersionId"] = version_id
-    try:
-        response = await target._call_s3("get_object", **request)
-    except OSError as exc:
-        # s3fs maps 412 PreconditionFailed to a plain OSError; its cause says.
-        cause = getattr(exc.__cause__, "response", None) or {}
-        if cause.get("Error", {}).get("Code") == "PreconditionFailed":
-            raise StaleVersionError(
-                f"{path} changed at the origin (ETag is no longer {etag}); "
-                "reopen it to read the new version"
-            ) from exc
-        raise
-    body = response["Body"]
-    try:
-        data: bytes = await body.read()
-    finally:
-        body.close()
-    return data
+async def _read_exactly(body: Any, n: int) -> bytes:
+    """Read exactly ``n`` bytes from an S3 response body."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = await body.read(n - got)
+        if not part:
+            raise ShortReadError(f"origin closed after {got} of {n} bytes")
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -130,6 +130,7 @@ class ChunkRouter:
         self._placement: dict[str, DiskTier] = {}
         self._inflight: dict[ChunkKey, asyncio.Future[memoryview]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
         self._prefetching: set[ChunkKey] = set()
         self._pid = os.getpid()
 
@@ -475,7 +476,12 @@ class ChunkRouter:
     ) -> None:
         if self.disks:
             # Disk writes leave the loop's thread: a slow disk stalls no fetch.
-            await asyncio.to_thread(self._store, items)
+            # A thread cannot be cancelled: the write is shielded and tracked,
+            # so a cancelled fill (close()) still lets drain() wait for it.
+            write = asyncio.get_running_loop().run_in_executor(None, self._store, items)
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)
         if publish and self.shared is not None:
             # Write-back to the shared tier, in the background.
             task = asyncio.get_running_loop().create_task(self._publish(items))
@@ -599,49 +605,6 @@ class ChunkRouter:
         for key, view in items:
             await self.shared.put(key, view)
 
-    async def adopt(
-        self,
-        version: FileVersion,
-        chunk_size: int,
-        start: int,
-        data: bytes,
-        views: dict[ChunkKey, memoryview] | None = None,
-    ) -> asyncio.Task[None] | None:
-        """Cache the whole chunks in ``data``, read from ``start`` of the file.
-
-        Until they are on disk, the chunks stay reachable as resolved
-        in-flight futures, so no reader fetches them again meanwhile. Fills
-        ``views`` with the chunks and returns the task storing them (await it
-        to know they are on disk).
-        """
-        whole = memoryview(data)
-        loop = asyncio.get_running_loop()
-        items = []
-        for index in range(start // chunk_size, version.chunk_count(chunk_size)):
-            key = version.key(chunk_size, index)
-            lo, hi = key.start - start, key.stop - start
-            if hi > whole.nbytes:
-                break
-            view = whole[lo:hi]
-            if self.staging is not None and key in self.staging:
-                continue  # prefetched already: its reader takes it from there
-            if self.ram is not None:
-                self.ram.put(key, view)
-            if key not in self._inflight:
-                fut: asyncio.Future[memoryview] = loop.create_future()
-                fut.set_result(view)
-                self._inflight[key] = fut
-            items.append((key, view))
-            if views is not None:
-                views[key] = view
-            self.stats.fills += 1
-        if not items:
-            return None
-        task = loop.create_task(self._store_adopted(items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     def file_lock(self, protocol: str, path: str) -> StripeLock | None:
         """Return the cross-process lock for learning a file's version."""
         if not self.disks:
@@ -654,24 +617,6 @@ class ChunkRouter:
         while not lock.try_acquire():
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
-
-    async def _store_adopted(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
-        try:
-            if self.disks:
-                await asyncio.to_thread(self._store, items)
-            if self.shared is not None:
-                await self._publish(items)
-        finally:
-            for key, view in items:
-                fut = self._inflight.get(key)
-                if (
-                    fut is not None
-                    and fut.done()
-                    and not fut.cancelled()
-                    and fut.exception() is None
-                    and fut.result() is view
-                ):
-                    del self._inflight[key]
 
     def _store(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         for key, view in items:
@@ -698,8 +643,10 @@ class ChunkRouter:
 
     async def drain(self) -> None:
         """Wait until every fill in flight (disk writes included) is done."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._writes:
+            await asyncio.gather(
+                *list(self._tasks), *list(self._writes), return_exceptions=True
+            )
 
     def cancel_all(self) -> None:
         """Cancel every fill in flight (call on the event loop)."""
@@ -712,6 +659,7 @@ class ChunkRouter:
         """Forget the parent's fetches in a forked child."""
         self._inflight = {}
         self._tasks = set()
+        self._writes = set()
         self._prefetching = set()
         self._placement = {}
         self._pid = os.getpid()
