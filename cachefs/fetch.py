@@ -21,7 +21,7 @@ from fsspec.spec import AbstractFileSystem
 from cachefs.chunks import version_token
 from cachefs.errors import ShortReadError, StaleVersionError, classify
 
-__all__ = ["FetchStats", "Fetcher"]
+__all__ = ["FetchStats", "Fetcher", "RangeRead"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +75,51 @@ class _ByteBudget:
         async with self._cond:
             self.used -= n
             self._cond.notify_all()
+
+
+@dataclass(slots=True)
+class RangeRead:
+    """One ranged read in progress: where it is, and what it has learned.
+
+    A retry resumes at :attr:`pos`; once the file's info was seen, its size
+    bounds the read and its version token is enforced on every retry.
+    """
+
+    path: str
+    pos: int
+    stop: int
+    piece: int
+    on_piece: Callable[[int, bytes | memoryview], None]
+    token: str | None = None
+    on_info: Callable[[dict[str, Any]], None] | None = None
+    size: int | None = None
+
+    def seen(self, info: dict[str, Any]) -> None:
+        """Check a response's info against the version; note it the first time."""
+        _check_version(self.path, info, self.token)
+        if self.size is None:
+            self.size = int(info["size"])
+            self.token = self.token or version_token(info)
+            if self.on_info is not None:
+                self.on_info(info)
+
+    def end(self) -> int:
+        """Return where the read stops (the range's end, clipped to the file)."""
+        return self.stop if self.size is None else min(self.stop, self.size)
+
+    def etag(self) -> str | None:
+        """Return the ETag the read must match, if its version has one."""
+        token = self.token
+        return token[5:] if token and token.startswith("ETag:") else None
+
+    def next_part(self, hi: int) -> int:
+        """Return the length of the next ``piece``-aligned part before ``hi``."""
+        return min(self.piece - self.pos % self.piece, hi - self.pos)
+
+    def deliver(self, data: bytes | memoryview) -> None:
+        """Hand the part at :attr:`pos` to the reader and move past it."""
+        self.on_piece(self.pos, data)
+        self.pos += len(data)
 
 
 class Fetcher:
@@ -216,27 +261,18 @@ class Fetcher:
         StaleVersionError
             When the origin's ETag no longer matches ``token``.
         """
+        read = RangeRead(path, start, stop, piece, on_piece, token, on_info)
         http = _is_http(self.target)
-        state: dict[str, Any] = {"pos": start, "token": token, "size": None}
-
-        def info_seen(info: dict[str, Any]) -> None:
-            _check_version(path, info, state["token"])
-            if state["size"] is None:
-                state["size"] = int(info["size"])
-                state["token"] = state["token"] or version_token(info)
-                if on_info is not None:
-                    on_info(info)
 
         async def once() -> None:
-            if not http:
-                await self._stream_generic(
-                    path, stop, piece, state, info_seen, on_piece
-                )
-                return
-            async with self._request_slot(stop - state["pos"]):
-                await self._with_timeout(
-                    self._stream_http(path, stop, piece, state, info_seen, on_piece)
-                )
+            if http:
+                async with self._request_slot(stop - read.pos):
+                    await self._with_timeout(self._stream_http(read))
+            elif _is_s3(self.target):
+                async with self._request_slot(stop - read.pos):
+                    await self._with_timeout(self._stream_s3(read))
+            else:
+                await self._stream_generic(read)
 
         await self._retrying(once, f"{path} bytes {start}-{stop - 1}")
 
@@ -252,78 +288,44 @@ class Fetcher:
             finally:
                 await budget.release(held)
 
-    async def _stream_generic(
-        self,
-        path: str,
-        stop: int,
-        piece: int,
-        state: dict[str, Any],
-        info_seen: Callable[[dict[str, Any]], None],
-        on_piece: Callable[[int, bytes | memoryview], None],
-    ) -> None:
-        if _is_s3(self.target):
-            async with self._request_slot(stop - state["pos"]):
-                await self._with_timeout(
-                    self._stream_s3(path, stop, piece, state, info_seen, on_piece)
-                )
-            return
-        if state["size"] is None and state["token"] is None:
-            info = await self.info(path)
+    async def _stream_generic(self, read: RangeRead) -> None:
+        """Any target: ``info`` (once), then one ``cat_file`` of the rest."""
+        if read.size is None and read.token is None:
+            info = await self.info(read.path)
             if info.get("type") == "directory" or info.get("size") is None:
-                raise IsADirectoryError(f"{path} is a directory")
-            info_seen(info)
-        pos = state["pos"]
-        hi = stop if state["size"] is None else min(stop, state["size"])
-        if hi <= pos:
+                raise IsADirectoryError(f"{read.path} is a directory")
+            read.seen(info)
+        hi = read.end()
+        if hi <= read.pos:
             return
-        async with self._request_slot(hi - pos):
+        async with self._request_slot(hi - read.pos):
             data = await self._with_timeout(
-                self._read_range(path, pos, hi, state["token"])
+                self.call("cat_file", read.path, start=read.pos, end=hi)
             )
-        if len(data) != hi - pos:
+        if len(data) != hi - read.pos:
             raise ShortReadError(
-                f"origin returned {len(data)} bytes for a {hi - pos}-byte range"
+                f"origin returned {len(data)} bytes for a {hi - read.pos}-byte range"
             )
         self.stats.bytes += len(data)
-        whole = memoryview(data)
-        while pos < hi:
-            n = min(piece - pos % piece, hi - pos)
-            offset = pos - state["pos"]
-            on_piece(pos, whole[offset : offset + n])  # views: no copy
-            pos += n
-        state["pos"] = hi
+        whole, base = memoryview(data), read.pos
+        while read.pos < hi:
+            n = read.next_part(hi)
+            read.deliver(whole[read.pos - base : read.pos - base + n])  # no copy
 
-    async def _read_range(
-        self, path: str, start: int, stop: int, token: str | None
-    ) -> bytes:
-        """One ranged read through the target's ``cat_file``."""
-        data: bytes = await self.call("cat_file", path, start=start, end=stop)
-        return data
-
-    async def _stream_s3(
-        self,
-        path: str,
-        stop: int,
-        piece: int,
-        state: dict[str, Any],
-        info_seen: Callable[[dict[str, Any]], None],
-        on_piece: Callable[[int, bytes | memoryview], None],
-    ) -> None:
+    async def _stream_s3(self, read: RangeRead) -> None:
         """One GetObject; parts delivered as they arrive, info from its headers.
 
         A known version makes the request conditional (``If-Match`` on its
         ETag): S3 refuses (412) once the object changed.
         """
         target: Any = self.target
-        bucket, key, version_id = target.split_path(path)
-        pos = state["pos"]
+        bucket, key, version_id = target.split_path(read.path)
         request: dict[str, Any] = {
             "Bucket": bucket,
             "Key": key,
-            "Range": f"bytes={pos}-{stop - 1}",
+            "Range": f"bytes={read.pos}-{read.stop - 1}",
         }
-        token = state["token"]
-        etag = token[5:] if token and token.startswith("ETag:") else None
+        etag = read.etag()
         if etag is not None:
             request["IfMatch"] = etag
         if version_id:
@@ -336,11 +338,11 @@ class Fetcher:
             code = cause.get("Error", {}).get("Code")
             if code == "PreconditionFailed":
                 raise StaleVersionError(
-                    f"{path} changed at the origin (ETag is no longer {etag}); "
-                    "reopen it to read the new version"
+                    f"{read.path} changed at the origin (ETag is no longer "
+                    f"{etag}); reopen it to read the new version"
                 ) from exc
             if code == "InvalidRange":  # an empty object, or past its end
-                info_seen(await self.info(path))
+                read.seen(await self.info(read.path))
                 return
             raise
         body = response["Body"]
@@ -349,38 +351,28 @@ class Fetcher:
             size = (
                 int(content_range.rpartition("/")[2])
                 if content_range
-                else pos + int(response["ContentLength"])
+                else read.pos + int(response["ContentLength"])
             )
-            info: dict[str, Any] = {"name": path, "size": size, "type": "file"}
+            info: dict[str, Any] = {"name": read.path, "size": size, "type": "file"}
             if response.get("ETag"):
                 info["ETag"] = response["ETag"]
-            info_seen(info)
-            hi = min(stop, size)
-            while pos < hi:
-                n = min(piece - pos % piece, hi - pos)
-                data = await _read_exactly(body, n)
-                self.stats.bytes += n
-                on_piece(pos, data)
-                pos += n
-                state["pos"] = pos
+            read.seen(info)
+            hi = read.end()
+            while read.pos < hi:
+                data = await _read_exactly(body, read.next_part(hi))
+                self.stats.bytes += len(data)
+                read.deliver(data)
         finally:
             body.close()
 
-    async def _stream_http(
-        self,
-        url: str,
-        stop: int,
-        piece: int,
-        state: dict[str, Any],
-        info_seen: Callable[[dict[str, Any]], None],
-        on_piece: Callable[[int, bytes | memoryview], None],
-    ) -> None:
+    async def _stream_http(self, read: RangeRead) -> None:
+        """One ranged GET through fsspec's HTTP session."""
         target: Any = self.target
         kwargs = dict(target.kwargs)
         headers = dict(kwargs.pop("headers", None) or {})
-        pos = state["pos"]
-        headers["Range"] = f"bytes={pos}-{stop - 1}"
+        headers["Range"] = f"bytes={read.pos}-{read.stop - 1}"
         session = await target.set_session()
+        url = read.path
         async with session.get(target.encode_url(url), headers=headers, **kwargs) as r:
             if r.status == 404:
                 raise FileNotFoundError(url)
@@ -399,14 +391,14 @@ class Fetcher:
             if size < 0:
                 body = await r.read()
                 info["size"] = size = len(body)
-            info_seen(info)
-            hi = min(stop, size)
-            if r.status == 416 or hi <= pos:
+            read.seen(info)
+            hi = read.end()
+            if r.status == 416 or hi <= read.pos:
                 return
-            if r.status == 200 and pos:
-                await r.content.readexactly(pos)  # skip what the range excluded
-            while pos < hi:
-                n = min(piece - pos % piece, hi - pos)
+            if r.status == 200 and read.pos:
+                await r.content.readexactly(read.pos)  # what the range excluded
+            while read.pos < hi:
+                n = read.next_part(hi)
                 try:
                     data = await r.content.readexactly(n)
                 except asyncio.IncompleteReadError as exc:
@@ -414,9 +406,7 @@ class Fetcher:
                         f"origin closed after {len(exc.partial)} of {n} bytes"
                     ) from exc
                 self.stats.bytes += n
-                on_piece(pos, data)
-                pos += n
-                state["pos"] = pos
+                read.deliver(data)
 
     async def _with_timeout(self, coro: Awaitable[T]) -> T:
         if self.timeout is None:

@@ -226,11 +226,11 @@ class ChunkRouter:
         """Return the fetch in flight for ``key``, if any (on the loop)."""
         return self._inflight.get(key)
 
-    def holds(self, key: ChunkKey) -> bool:
-        """Return whether ``key`` is in RAM, staged, mapped or in flight.
+    def holds(self, key: ChunkKey, *, probe_disk: bool = False) -> bool:
+        """Return whether ``key`` is in RAM, staged, in flight or on disk.
 
-        Cheap and safe from any thread; a chunk on disk that this process has
-        not mapped yet counts as not held.
+        Safe from any thread and cheap: without ``probe_disk``, a chunk on
+        disk counts only if this process has it mapped (no system call).
         """
         if self.ram is not None and key in self.ram:
             return True
@@ -239,18 +239,9 @@ class ChunkRouter:
         if self.staging is not None and key in self.staging:
             return True
         disk = self.disk_for(key)
-        return disk is not None and disk.is_mapped(key)
-
-    def is_cached(self, key: ChunkKey) -> bool:
-        """Whether ``key`` is held, staged or in flight (no stats counted)."""
-        if self.ram is not None and key in self.ram:
-            return True
-        if key in self._inflight:
-            return True
-        if self.staging is not None and key in self.staging:
-            return True
-        disk = self.disk_for(key)
-        return disk is not None and disk.contains(key)
+        if disk is None:
+            return False
+        return disk.contains(key) if probe_disk else disk.is_mapped(key)
 
     async def prefetch(
         self, keys: Sequence[ChunkKey], *, wait: bool
@@ -265,7 +256,9 @@ class ChunkRouter:
         if staging is None:
             return {}
         joined = {k: f for k in keys if (f := self._inflight.get(k)) is not None}
-        todo = [k for k in keys if k not in joined and not self.is_cached(k)]
+        todo = [
+            k for k in keys if k not in joined and not self.holds(k, probe_disk=True)
+        ]
         # Never ask for more than the whole budget at once.
         need = 0
         for i, key in enumerate(todo):
