@@ -25,11 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import numpy as np
 from aiohttp import web
+
+from cachefs._loopback import LoopbackServer
 
 __all__ = ["FAULT_KINDS", "HTTPOrigin", "OriginStats", "make_shards"]
 
@@ -127,7 +128,7 @@ def _drop(request: web.BaseRequest, reset: bool) -> None:
         transport.close()
 
 
-class HTTPOrigin:
+class HTTPOrigin(LoopbackServer):
     """HTTP/1.1 origin server on ``127.0.0.1`` running in a daemon thread.
 
     Parameters
@@ -173,6 +174,7 @@ class HTTPOrigin:
         stall_seconds: float = 30.0,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._files: dict[str, _Entry] = {}
         self._disk_etags: dict[str, tuple[tuple[int, int, int], str]] = {}
@@ -189,12 +191,6 @@ class HTTPOrigin:
         self._in_flight = 0
         self._stats = OriginStats()
         self._by_path: dict[str, int] = {}
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._port = 0
         for path, data in (files or {}).items():
             self.set_file(path, data)
 
@@ -232,104 +228,11 @@ class HTTPOrigin:
         with self._lock:
             del self._files[path.strip("/")]
 
-    # -- lifecycle ---------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """TCP port the server listens on (0 before `start`)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL, ``"http://127.0.0.1:PORT"`` (no trailing slash)."""
-        if not self._port:
-            raise RuntimeError("HTTPOrigin is not started")
-        return f"http://127.0.0.1:{self._port}"
+    # -- addresses ---------------------------------------------------------
 
     def url_for(self, path: str) -> str:
         """Return the full, percent-encoded URL of `path`."""
         return f"{self.url}/{quote(path.lstrip('/'))}"
-
-    def start(self, timeout: float = 10.0) -> HTTPOrigin:
-        """Start serving in a daemon thread; block until listening.
-
-        Parameters
-        ----------
-        timeout : float, default 10.0
-            Seconds to wait for the server to come up.
-
-        Returns
-        -------
-        HTTPOrigin
-            This server, to allow ``origin = HTTPOrigin(...).start()``.
-        """
-        if self._thread is not None:
-            raise RuntimeError("HTTPOrigin already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self._port = sock.getsockname()[1]
-        self._ready.clear()
-        self._error = None
-        self._thread = threading.Thread(
-            target=self._run, args=(sock,), name=f"HTTPOrigin-{self._port}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            error = self._error
-            self.stop()
-            raise RuntimeError("HTTPOrigin failed to start") from error
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Shut down: abort pending sleeps, close connections, join the thread."""
-        thread, loop, closing = self._thread, self._loop, self._closing
-        if thread is None:
-            return
-        if loop is not None and closing is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(closing.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError("HTTPOrigin thread did not stop")
-        self._thread = self._loop = self._closing = None
-        self._port = 0
-
-    def __enter__(self) -> HTTPOrigin:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self, sock: socket.socket) -> None:
-        try:
-            asyncio.run(self._main(sock))
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-        finally:
-            sock.close()
-            self._ready.set()
-
-    async def _main(self, sock: socket.socket) -> None:
-        self._closing = asyncio.Event()
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
-        )
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
-            self._loop = asyncio.get_running_loop()
-            self._ready.set()
-            await self._closing.wait()
-        finally:
-            await runner.cleanup()
 
     # -- statistics --------------------------------------------------------
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import socket
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 
 from aiohttp import web
+
+from cachefs._loopback import LoopbackServer
 
 __all__ = ["DemoOrigin"]
 
@@ -24,7 +24,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PIECE = 256 * 1024  # bytes written at a time
 
 
-class DemoOrigin:
+class DemoOrigin(LoopbackServer):
     """Serve ``files`` (path -> bytes) over HTTP with a per-request latency.
 
     Parameters
@@ -36,6 +36,7 @@ class DemoOrigin:
     """
 
     def __init__(self, files: Mapping[str, bytes], latency: float = 0.0) -> None:
+        super().__init__()
         self.files = {path.strip("/"): bytes(data) for path, data in files.items()}
         self.etags = {
             path: '"' + hashlib.blake2b(data, digest_size=8).hexdigest() + '"'
@@ -45,71 +46,15 @@ class DemoOrigin:
         self.requests = 0
         self.bytes_sent = 0
         self._lock = threading.Lock()
-        self._port = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
 
     def url_for(self, path: str) -> str:
         """Return the URL of ``path``."""
-        if not self._port:
-            raise RuntimeError("the origin is not started")
-        return f"http://127.0.0.1:{self._port}/{path.strip('/')}"
-
-    def start(self) -> DemoOrigin:
-        """Start serving; return once the server listens."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self._port = sock.getsockname()[1]
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(sock),), daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the demo origin did not start")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the thread."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._thread = self._loop = self._stop = None
-        self._port = 0
-
-    def __enter__(self) -> DemoOrigin:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def _serve(self, sock: socket.socket) -> None:
-        app = web.Application()
-        app.router.add_get("/{path:.*}", self._handle)  # HEAD comes with GET
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-            sock.close()
+        return f"{self.url}/{path.strip('/')}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.latency:
             await asyncio.sleep(self.latency)
-        path = request.match_info["path"]
+        path = request.match_info["tail"]
         data = self.files.get(path)
         with self._lock:
             self.requests += 1
