@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "ChunkKey",
-    "ChunkSpan",
     "FileVersion",
-    "chunk_spans",
     "parse_size",
     "version_token",
 ]
@@ -241,44 +238,3 @@ class ChunkKey:
     def length(self) -> int:
         """Number of bytes in the chunk (the last chunk may be short)."""
         return self.stop - self.start
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkSpan:
-    """The part of one chunk that a byte range covers.
-
-    Attributes
-    ----------
-    index
-        The chunk's index in the file.
-    start, stop
-        The covered byte range, relative to the chunk's first byte.
-    """
-
-    index: int
-    start: int
-    stop: int
-
-
-def chunk_spans(start: int, stop: int, chunk_size: int) -> Iterator[ChunkSpan]:
-    """Cut the file range ``[start, stop)`` into per-chunk spans.
-
-    Parameters
-    ----------
-    start, stop
-        Absolute byte offsets, already clipped to the file size.
-    chunk_size
-        The chunk size in bytes.
-
-    Yields
-    ------
-    ChunkSpan
-        One span per chunk touched, in file order.
-    """
-    pos = start
-    while pos < stop:
-        index = pos // chunk_size
-        base = index * chunk_size
-        end = min(stop, base + chunk_size)
-        yield ChunkSpan(index, pos - base, end - base)
-        pos = end

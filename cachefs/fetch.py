@@ -199,23 +199,6 @@ class Fetcher:
 
         return await self._retrying(once, f"info of {path}")
 
-    async def fetch(
-        self, path: str, start: int, stop: int, token: str | None = None
-    ) -> bytes:
-        """Return exactly the bytes ``[start, stop)`` of ``path``.
-
-        See :meth:`stream` for ``token`` and the errors raised.
-        """
-        parts: list[bytes | memoryview] = []
-
-        def keep(_: int, data: bytes | memoryview) -> None:
-            parts.append(data)
-
-        await self.stream(path, start, stop, stop - start, token=token, on_piece=keep)
-        if sum(len(p) for p in parts) != stop - start:
-            raise ShortReadError(f"{path}: the origin ended before byte {stop}")
-        return b"".join(parts)
-
     async def stream(
         self,
         path: str,

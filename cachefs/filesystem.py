@@ -485,8 +485,16 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         version = FileVersion(
             self.target_protocol, path, int(size), version_token(info)
         )
+        known = self.metadata.get(self.target_protocol, path)
         self.metadata.put(version)
+        if known is not None and known != version:
+            self._drop_chunks(known)  # the origin changed: dead weight
         return version
+
+    def _drop_chunks(self, version: FileVersion) -> None:
+        """Remove every chunk of ``version`` from the tiers."""
+        if version.size:
+            self.router.discard(self._span_keys(version, 0, version.size))
 
     def _span_keys(self, version: FileVersion, start: int, stop: int) -> list[ChunkKey]:
         cs = self.chunk_size
@@ -813,18 +821,8 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         info: dict[str, Any] = await self.fetcher.info(tpath)
         self._infos.put(tpath, info)
         if info.get("type") != "directory" and info.get("size") is not None:
-            self._remember(tpath, info)
+            self._version_from_info(tpath, info)
         return dict(info)
-
-    def _remember(self, tpath: str, info: dict[str, Any]) -> None:
-        version = FileVersion(
-            self.target_protocol, tpath, int(info["size"]), version_token(info)
-        )
-        old = self.metadata.get(self.target_protocol, tpath)
-        self.metadata.put(version)
-        if old is not None and old != version:
-            # The origin changed: the old version's chunks are dead weight.
-            self.router.discard(self._span_keys(old, 0, old.size) if old.size else [])
 
     @_on_own_loop
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
@@ -975,8 +973,8 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             ]
         for p in paths:
             old = self.metadata.drop(self.target_protocol, p)
-            if old is not None and old.size:
-                self.router.discard(self._span_keys(old, 0, old.size))
+            if old is not None:
+                self._drop_chunks(old)
 
     # -- cache introspection -------------------------------------------------
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import itertools
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from cachefs.chunks import ChunkKey, FileVersion, chunk_spans, parse_size, version_token
+from cachefs.chunks import ChunkKey, FileVersion, parse_size, version_token
 
 
 @pytest.mark.parametrize(
@@ -29,18 +26,6 @@ from cachefs.chunks import ChunkKey, FileVersion, chunk_spans, parse_size, versi
 )
 def test_parse_size(text, value):
     assert parse_size(text, "x") == value
-
-
-@given(st.integers(0, 1 << 40), st.integers(1, 1 << 24))
-def test_spans_cover_the_range_exactly(start, length):
-    chunk = 1 << 20
-    stop = start + length
-    spans = list(chunk_spans(start, stop, chunk))
-    assert sum(s.stop - s.start for s in spans) == length
-    assert spans[0].index * chunk + spans[0].start == start
-    assert spans[-1].index * chunk + spans[-1].stop == stop
-    for a, b in itertools.pairwise(spans):
-        assert b.index == a.index + 1 and a.stop == chunk and b.start == 0
 
 
 def test_version_token_prefers_etag_then_size_mtime():
