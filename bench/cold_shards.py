@@ -459,6 +459,24 @@ def _summary(runs: list[Run], n_files: int, dataset: int) -> dict[str, Any]:
     return out
 
 
+def _setup(
+    name: str,
+    args: argparse.Namespace | None,
+    quick: bool,
+    table: tuple[dict[str, Any], dict[str, Any]],
+) -> tuple[int, int, int, float, str]:
+    """Return shards, size, reps, latency and the origin model; print the model."""
+    n = int(_param(None, "shards", quick, table))
+    size = int(_param(args, "size", quick, table))
+    reps = int(_param(args, "reps", quick, table))
+    latency = float(_param(None, "latency", quick, table))
+    if reps < 1 or size < 1:
+        raise ValueError("reps and size must be >= 1")
+    model = ORIGIN_MODEL.format(latency_ms=latency * 1000)
+    print(f"{name} origin model: {model}", flush=True)
+    return n, size, reps, latency, model
+
+
 def _mbps(runs: list[Run]) -> list[float]:
     return [r.bytes_read / r.seconds / 1e6 for r in runs]
 
@@ -470,15 +488,8 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
     the :data:`QUICK` or :data:`DEFAULTS` values.
     """
     table = (DEFAULTS, QUICK)
-    n = int(_param(None, "shards", quick, table))
-    size = int(_param(args, "size", quick, table))
-    reps = int(_param(args, "reps", quick, table))
-    latency = float(_param(None, "latency", quick, table))
-    if reps < 1 or size < 1:
-        raise ValueError("reps and size must be >= 1")
+    n, size, reps, latency, model = _setup("cold_shards", args, quick, table)
     dataset = n * size
-    model = ORIGIN_MODEL.format(latency_ms=latency * 1000)
-    print(f"cold_shards origin model: {model}", flush=True)
 
     files = make_shards(n, size, seed=1601)
     paths = list(files)
@@ -649,16 +660,9 @@ def run_consumer_wait(quick: bool, args: argparse.Namespace | None = None) -> li
     the :data:`CONSUMER_QUICK` or :data:`CONSUMER_DEFAULTS` values.
     """
     table = (CONSUMER_DEFAULTS, CONSUMER_QUICK)
-    n = int(_param(None, "shards", quick, table))
-    size = int(_param(args, "size", quick, table))
-    reps = int(_param(args, "reps", quick, table))
-    latency = float(_param(None, "latency", quick, table))
+    n, size, reps, latency, model = _setup("consumer_wait", args, quick, table)
     per_mib = float(_param(None, "compute_per_mib", quick, table))
-    if reps < 1 or size < 1:
-        raise ValueError("reps and size must be >= 1")
     dataset = n * size
-    model = ORIGIN_MODEL.format(latency_ms=latency * 1000)
-    print(f"consumer_wait origin model: {model}", flush=True)
 
     files = make_shards(n, size, seed=1602)
     paths = list(files)
