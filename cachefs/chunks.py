@@ -1,4 +1,4 @@
-"""Chunks of origin files: versions, keys, spans and size parsing.
+"""Chunks of origin files: versions, keys, spans, and parsing of settings.
 
 A file is cut into fixed-size chunks. A chunk is named by a :class:`ChunkKey`
 that includes the file's *version*, so a changed origin file gets new keys and
@@ -15,6 +15,8 @@ from typing import Any
 __all__ = [
     "ChunkKey",
     "FileVersion",
+    "parse_count",
+    "parse_seconds",
     "parse_size",
     "version_token",
 ]
@@ -85,6 +87,102 @@ def parse_size(value: int | str, name: str, *, allow_zero: bool = True) -> int:
     if size == 0 and not allow_zero:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return size
+
+
+#: Spellings of "no limit" that :func:`parse_seconds` takes for ``None``.
+_NO_LIMIT = frozenset({"", "none", "null", "never", "inf", "forever"})
+
+
+def parse_seconds(value: Any, name: str, *, allow_none: bool) -> float | None:
+    """Parse a duration in seconds given as a number or a string.
+
+    The one parser of durations: keywords of
+    :class:`~cachefs.CacheFileSystem` and the ``cachefs`` command use it, so
+    a value written once (``FSSPEC_CACHEFS_METADATA_TTL=none``, a config
+    file, ``--metadata-ttl``) means the same everywhere.
+
+    Parameters
+    ----------
+    value
+        A non-negative int or float, a string of one (``"60"``, ``"0.5"``),
+        or, where ``allow_none``, ``None`` or a string meaning no limit:
+        ``"none"``, ``"null"``, ``"never"``, ``"inf"``, ``"forever"`` or
+        ``""`` (any case).
+    name
+        The parameter's name, used in error messages.
+    allow_none
+        Whether ``None`` (no limit) is accepted.
+
+    Returns
+    -------
+    float or None
+        Seconds, or ``None`` for no limit.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither a number nor a string (``bool`` included),
+        or is ``None`` where not allowed.
+    ValueError
+        If ``value`` is negative, NaN, or a string that is not a number
+        (nor, where allowed, a spelling of no limit).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _NO_LIMIT and allow_none:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            hint = " or 'none'" if allow_none else ""
+            raise ValueError(
+                f"{name}={value!r} is not a number of seconds{hint}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value != value:
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def parse_count(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Parse a count given as an int or a string of digits (``"8"``).
+
+    fsspec hands ``FSSPEC_CACHEFS_<KWARG>`` values and ``.ini`` config
+    values over as strings (recent releases JSON-decode environment values
+    first, so ``"8"`` arrives as ``8``, but a file or an older fsspec still
+    gives ``"8"``).
+
+    Parameters
+    ----------
+    value
+        An int, or a string of an int.
+    name
+        The parameter's name, used in error messages.
+    minimum
+        The smallest value accepted.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither an int nor a string (``bool`` included).
+    ValueError
+        If ``value`` is a string that is not an int, or is below ``minimum``.
+    """
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
 
 
 _TOKEN_FIELDS = ("ETag", "etag", "e_tag", "ETAG", "VersionId", "generation", "md5")

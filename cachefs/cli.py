@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,10 @@ from cachefs.cli_inspect import (
     clear_dirs,
     evict_files,
     remove_damaged,
+    remove_stray,
 )
+from cachefs.policy import LRUPolicy
+from cachefs.tiers.disk import DiskTier
 
 __all__ = ["main"]
 
@@ -70,6 +74,12 @@ def _common() -> argparse.ArgumentParser:
         "--shared",
         metavar="URL",
         help="shared tier below the disk tier, e.g. file:///mnt/lustre/cachefs",
+    )
+    g.add_argument(
+        "--trust-cache-dir",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="use a cache dir another user owns or others can write",
     )
     g.add_argument("-v", "--verbose", action="count", help="more output; tracebacks")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
@@ -131,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         metavar="SECONDS",
-        help="seconds between progress lines when stderr is not a terminal",
+        help="seconds between progress lines when stderr is not a terminal, "
+        "and without progress before saying what it waits for",
     )
 
     p = add("stats", "budgets, usage and cached files per tier", parents=[common])
@@ -163,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block-size", metavar="SIZE", help="bytes per read (default: chunk size)"
     )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds without progress before saying what it waits for",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("config", "show effective settings and their sources", parents=[common])
@@ -176,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _view(settings: Settings, log: Any) -> CacheView:
-    view = CacheView(settings.cache_dirs, settings.chunk_size)
+    view = CacheView(
+        settings.cache_dirs,
+        settings.chunk_size,
+        trust_cache_dir=settings.trust_cache_dir,
+    )
     for d, present in zip(view.dirs, view.present, strict=True):
         if not present:
             log(f"note: cache dir {d} does not exist (empty cache)")
@@ -351,7 +373,23 @@ def cmd_clear(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
 def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
     """``cachefs verify``."""
     view = _view(settings, log)
-    records, bad_records = view.records()
+    trust = settings.trust_cache_dir
+    roots = [d for d, present in zip(view.dirs, view.present, strict=True) if present]
+    damaged: list[dict[str, Any]] = []
+
+    def found(path: Any, reason: str, removed: bool) -> None:
+        damaged.append({"path": str(path), "reason": reason, "removed": removed})
+        log(f"damaged: {path} {reason}" + (" (removed)" if removed else ""))
+
+    # The layout first: a symlinked directory is unlinked, never followed.
+    for root in roots:
+        for stray in view.strays(root):
+            if args.repair:
+                remove_stray(root, stray.path)
+            found(stray.path, stray.reason, args.repair and not _exists(stray.path))
+    view._scans.clear()
+    view._chunks = None
+    records, bad_records = view.checked_records()
     expected = view.expected_lengths(records)
     files = [cf for root in view.dirs for cf in view.files_in(root)]
     total = sum(cf.size for cf in files)
@@ -359,30 +397,43 @@ def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
         sys.stderr, "verify", total, enabled=not args.quiet and not args.json
     )
     checked = 0
-    damaged: list[dict[str, Any]] = []
     for cf in files:
-        reason = check_chunk_file(cf.path, expected.get(cf.digest))
+        reason = check_chunk_file(cf.path, expected.get(cf.digest), trust=trust)
         checked += cf.size
         progress.update(checked, checked)
         if reason is None:
             continue
-        removed = False
         if args.repair:
-            remove_damaged(cf.path)
-            removed = True
-        damaged.append({"path": str(cf.path), "reason": reason, "removed": removed})
-        log(f"damaged: {cf.path} {reason}" + (" (removed)" if removed else ""))
+            remove_damaged(cf.path, trust=trust)
+        found(cf.path, reason, args.repair and not _exists(cf.path))
     if files:
         progress.close(total, total)
-    for path in bad_records:
-        removed = False
+    for bad in bad_records:
         if args.repair:
-            path.unlink(missing_ok=True)
-            removed = True
-        damaged.append(
-            {"path": str(path), "reason": "unreadable record", "removed": removed}
-        )
-        log(f"damaged: {path} unreadable record" + (" (removed)" if removed else ""))
+            remove_stray(view.dirs[0], bad.path)
+        found(bad.path, bad.reason, args.repair and not _exists(bad.path))
+    # The usage counter must equal what the chunk files hold.
+    view._scans.clear()
+    for root in roots:
+        counter = view.usage_counter(root)
+        if args.repair:
+            before, after = DiskTier(
+                root, sys.maxsize, LRUPolicy(), trust_cache_dir=trust
+            ).recount()
+            if before != after:
+                found(
+                    root / "usage",
+                    f"counted {before} bytes, the chunk files hold {after}",
+                    True,
+                )
+        elif counter is not None:
+            truth = view.counted_bytes(root)
+            if counter != truth:
+                found(
+                    root / "usage",
+                    f"counts {counter} bytes, the chunk files hold {truth}",
+                    False,
+                )
     left = [d for d in damaged if not d["removed"]]
     if args.json:
         doc = {
@@ -396,10 +447,18 @@ def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
         out.write(
             f"verified {len(files)} chunk files ({fmt_bytes(total)}): "
             f"{len(damaged)} damaged"
-            + (f", {len(damaged) - len(left)} removed" if args.repair else "")
+            + (f", {len(damaged) - len(left)} repaired" if args.repair else "")
             + "\n"
         )
     return EXIT_OK if not left else EXIT_FAILED
+
+
+def _exists(path: Any) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def cmd_config(settings: Settings, args: Any, out: TextIO, log: Any) -> int:

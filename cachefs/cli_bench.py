@@ -21,12 +21,14 @@ The cache directory is a temporary one inside the first ``--cache-dir``
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -34,7 +36,7 @@ import fsspec
 
 from cachefs.chunks import parse_size
 from cachefs.cli_config import Settings, keyword_defaults, make_fs, url_protocol
-from cachefs.cli_format import fmt_bytes, fmt_duration, table
+from cachefs.cli_format import Heartbeat, fmt_bytes, fmt_duration, table
 from cachefs.cli_warm import expand_urls
 from cachefs.filesystem import CacheFileSystem
 
@@ -70,13 +72,60 @@ class PassResult:
 
 
 def _read_all(
-    cat: Callable[[str, int, int], bytes], blocks: Sequence[Block], jobs: int
+    cat: Callable[[str, int, int], bytes],
+    blocks: Sequence[Block],
+    jobs: int,
+    heartbeat: Heartbeat | None = None,
+    name: str = "",
 ) -> int:
-    def one(block: Block) -> int:
-        return len(cat(*block))
+    """Read ``blocks`` with ``jobs`` threads; return the bytes read.
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return sum(pool.map(one, blocks))
+    The threads are daemons and the calling thread waits in short steps, so
+    Ctrl-C ends the command at once even while a read hangs on the origin
+    (a thread pool would join its workers, and so wait for that read).
+    """
+    todo: queue.SimpleQueue[Block] = queue.SimpleQueue()
+    for block in blocks:
+        todo.put(block)
+    done: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def read(block: Block) -> int:
+        if heartbeat is None:
+            return len(cat(*block))
+        path, lo, hi = block
+        with heartbeat.waiting(f"the {name} pass: bytes {lo}-{hi} of {path}"):
+            return len(cat(*block))
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                block = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((read(block), None))
+            except BaseException as exc:  # handed to the caller, raised there
+                done.put((0, exc))
+                return
+
+    for i in range(min(jobs, len(blocks))):
+        threading.Thread(target=work, name=f"cachefs-bench-{i}", daemon=True).start()
+    total = 0
+    try:
+        for _ in blocks:
+            while True:
+                try:
+                    nbytes, exc = done.get(timeout=0.25)
+                    break
+                except queue.Empty:
+                    continue
+            if exc is not None:
+                raise exc
+            total += nbytes
+    finally:
+        stop.set()
+    return total
 
 
 def _timed(
@@ -86,11 +135,18 @@ def _timed(
     jobs: int,
     expected: int,
     after: Callable[[], None] | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[float, int]:
     began = time.perf_counter()
-    got = _read_all(cat, blocks, jobs)
+    got = _read_all(cat, blocks, jobs, heartbeat, name)
     if after is not None:
-        after()
+        waiting = (
+            heartbeat.waiting(f"the {name} pass: chunks to be stored in the cache")
+            if heartbeat is not None
+            else contextlib.nullcontext()
+        )
+        with waiting:
+            after()
     seconds = time.perf_counter() - began
     if got != expected:
         raise OSError(f"bench {name} pass read {got} bytes, expected {expected}")
@@ -109,8 +165,13 @@ def bench(
     *,
     block_size: int,
     jobs: int,
+    heartbeat: Heartbeat | None = None,
 ) -> list[PassResult]:
-    """Run the four passes; return their results in order."""
+    """Run the four passes; return their results in order.
+
+    Each block read runs inside ``heartbeat.waiting``, so that a pass stuck
+    on the origin says which bytes it waits for.
+    """
     blocks = [
         (path, lo, min(lo + block_size, size))
         for path, size in zip(files, sizes, strict=True)
@@ -121,7 +182,9 @@ def bench(
     target = fsspec.filesystem(
         protocol, skip_instance_cache=True, **settings.target_options
     )
-    secs, got = _timed("fsspec", target.cat_file, blocks, jobs, total)
+    secs, got = _timed(
+        "fsspec", target.cat_file, blocks, jobs, total, heartbeat=heartbeat
+    )
     results.append(PassResult("fsspec", secs, got, got))
 
     root = settings.cache_dirs[0]
@@ -137,7 +200,13 @@ def bench(
         cold = make_fs(settings, protocol, ram_limit=0, **common)
         try:
             secs, got = _timed(
-                "cold", cold.cat_file, blocks, jobs, total, after=cold.wait_idle
+                "cold",
+                cold.cat_file,
+                blocks,
+                jobs,
+                total,
+                after=cold.wait_idle,
+                heartbeat=heartbeat,
             )
             results.append(PassResult("cold", secs, got, _origin(cold)))
         finally:
@@ -145,7 +214,9 @@ def bench(
 
         warm = make_fs(settings, protocol, ram_limit=0, metadata_ttl=None, **common)
         try:
-            secs, got = _timed("warm", warm.cat_file, blocks, jobs, total)
+            secs, got = _timed(
+                "warm", warm.cat_file, blocks, jobs, total, heartbeat=heartbeat
+            )
             results.append(PassResult("warm", secs, got, _origin(warm)))
         finally:
             warm.close()
@@ -153,8 +224,11 @@ def bench(
         if settings.ram_limit:
             hot = make_fs(settings, protocol, metadata_ttl=None, **common)
             try:
-                _read_all(hot.cat_file, blocks, jobs)  # fill the RAM tier
-                secs, got = _timed("hot", hot.cat_file, blocks, jobs, total)
+                # Fill the RAM tier.
+                _read_all(hot.cat_file, blocks, jobs, heartbeat, "hot (fill)")
+                secs, got = _timed(
+                    "hot", hot.cat_file, blocks, jobs, total, heartbeat=heartbeat
+                )
                 in_ram = int(hot.cache_stats().get("ram", {}).get("usage", 0))
                 note = "" if in_ram >= total else "data exceeds --ram-limit"
                 results.append(PassResult("hot", secs, got, _origin(hot), note))
@@ -166,7 +240,24 @@ def bench(
 
 
 def run_bench(settings: Settings, args: Any, out: TextIO, err: TextIO) -> int:
-    """Run ``cachefs bench``; return the exit code."""
+    """Run ``cachefs bench``; return the exit code.
+
+    Unless ``--quiet``, stderr names what the command waits for whenever
+    nothing has moved for ``--progress-interval`` seconds.
+    """
+    heartbeat = Heartbeat(
+        err,
+        "bench",
+        interval=getattr(args, "progress_interval", 5.0),
+        enabled=not args.quiet,
+    )
+    with heartbeat:
+        return _run_bench(settings, args, out, err, heartbeat)
+
+
+def _run_bench(
+    settings: Settings, args: Any, out: TextIO, err: TextIO, heartbeat: Heartbeat
+) -> int:
     args.urls = [u.removeprefix("cachefs::") for u in args.urls]
     protocol = url_protocol(args.urls)
     block_size = parse_size(
@@ -175,13 +266,22 @@ def run_bench(settings: Settings, args: Any, out: TextIO, err: TextIO) -> int:
     target = fsspec.filesystem(
         protocol, skip_instance_cache=True, **settings.target_options
     )
-    files = expand_urls(target, args.urls, args.recursive)
-    sizes = [int(target.info(f)["size"]) for f in files]
+    files = expand_urls(target, args.urls, args.recursive, heartbeat=heartbeat)
+    sizes = []
+    for f in files:
+        with heartbeat.waiting(f"the info of {f}"):
+            sizes.append(int(target.info(f)["size"]))
     total = sum(sizes)
     if not args.quiet and not args.json:
         err.write(f"bench: {len(files)} files, {fmt_bytes(total)}\n")
     results = bench(
-        settings, protocol, files, sizes, block_size=block_size, jobs=args.jobs
+        settings,
+        protocol,
+        files,
+        sizes,
+        block_size=block_size,
+        jobs=args.jobs,
+        heartbeat=heartbeat,
     )
     if args.json:
         doc = {

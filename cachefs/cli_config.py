@@ -23,8 +23,9 @@ from typing import Any
 import fsspec
 import fsspec.config
 
-from cachefs.chunks import parse_size
+from cachefs.chunks import parse_seconds, parse_size
 from cachefs.filesystem import CacheFileSystem, default_cache_dir
+from cachefs.tiers.disk import parse_flag
 
 __all__ = [
     "Settings",
@@ -43,6 +44,7 @@ CLI_OPTIONS = {
     "metadata_ttl": "--metadata-ttl",
     "target_options": "--target-options",
     "shared": "--shared",
+    "trust_cache_dir": "--trust-cache-dir",
 }
 _NOT_SETTINGS = frozenset({"self", "target_protocol", "fs", "kwargs"})
 _ENV_PREFIX = "FSSPEC_CACHEFS_"
@@ -56,6 +58,8 @@ class Settings:
     ----------
     cache_dirs, ram_limit, disk_limit, chunk_size, metadata_ttl, target_options
         The parsed values of those keywords.
+    trust_cache_dir
+        Whether a cache dir another user owns or others can write is used.
     values
         The effective value of every keyword, as its source gave it.
     sources
@@ -69,6 +73,7 @@ class Settings:
     chunk_size: int
     metadata_ttl: float | None
     target_options: dict[str, Any]
+    trust_cache_dir: bool = False
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -84,6 +89,8 @@ class Settings:
         }
         if self.values.get("shared"):
             kwargs["shared"] = self.values["shared"]
+        if self.trust_cache_dir:
+            kwargs["trust_cache_dir"] = True
         return kwargs
 
 
@@ -141,26 +148,6 @@ def _label(name: str, source: str) -> str:
     if source == "default":
         return name
     return f"{name} (from {source})"
-
-
-def _parse_ttl(value: Any, label: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("none", "null", "never", "inf", "forever"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(
-                f"{label}={value!r} is not a number of seconds or 'none'"
-            ) from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{label}={value!r} is not a number of seconds or 'none'")
-    if value < 0 or value != value:
-        raise ValueError(f"{label} must be >= 0 seconds, got {value!r}")
-    return float(value)
 
 
 def _parse_dirs(value: Any, label: str) -> list[Path]:
@@ -230,9 +217,14 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
         ram_limit=sizes["ram_limit"],
         disk_limit=sizes["disk_limit"],
         chunk_size=sizes["chunk_size"],
-        metadata_ttl=_parse_ttl(values.get("metadata_ttl"), label("metadata_ttl")),
+        metadata_ttl=parse_seconds(
+            values.get("metadata_ttl"), label("metadata_ttl"), allow_none=True
+        ),
         target_options=_parse_options(
             values.get("target_options"), label("target_options")
+        ),
+        trust_cache_dir=parse_flag(
+            values.get("trust_cache_dir", False), label("trust_cache_dir")
         ),
         values=values,
         sources=sources,

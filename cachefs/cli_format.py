@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TextIO
 
-__all__ = ["Progress", "fmt_bytes", "fmt_duration", "fmt_time", "table"]
+__all__ = [
+    "Heartbeat",
+    "Progress",
+    "fmt_bytes",
+    "fmt_duration",
+    "fmt_time",
+    "table",
+]
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -141,4 +151,114 @@ class Progress:
         self.update(done, moved, force=True)
         if self.enabled and self.tty:
             self.stream.write("\n")
+            self.stream.flush()
+
+
+class Heartbeat:
+    """Say what a command waits for when nothing has moved for a while.
+
+    Steps that may wait on the origin (an info, a listing, a file's bytes)
+    run inside :meth:`waiting`; work that moves calls :meth:`moved`. When
+    nothing has moved for ``interval`` seconds, a daemon thread writes one
+    line naming the oldest step still waiting, and again every ``interval``
+    seconds while that lasts::
+
+        warm: waiting 10.0 s for the info of http://host/data.bin
+
+    Parameters
+    ----------
+    stream
+        Where to write (the command uses stderr).
+    label
+        The line's first word.
+    interval
+        Seconds without movement before a line, and between lines.
+    enabled
+        ``False`` writes nothing (``--quiet``).
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        label: str,
+        *,
+        interval: float = 5.0,
+        enabled: bool = True,
+    ) -> None:
+        self.stream = stream
+        self.label = label
+        self.interval = max(interval, 0.05)
+        self.enabled = enabled
+        isatty = getattr(stream, "isatty", None)
+        self.tty = bool(isatty()) if callable(isatty) else False
+        #: Extra steps asked for at each beat (``None`` when there is none),
+        #: for waits that are tracked elsewhere (a prefetch's current file).
+        self.probe: Callable[[], str | None] | None = None
+        self._steps: dict[int, tuple[str, float]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._last_move = time.monotonic()
+        self._last_line = self._last_move
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.enabled:
+            self._thread = threading.Thread(
+                target=self._beat, name="cachefs-heartbeat", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def moved(self) -> None:
+        """Record that work moved (bytes arrived, a step ended)."""
+        self._last_move = time.monotonic()
+
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Mark ``what`` (``"the info of URL"``) as waited for while inside."""
+        token = next(self._ids)
+        with self._lock:
+            self._steps[token] = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._steps[token]
+            self.moved()
+
+    def line(self) -> str | None:
+        """Return the line to write now, or ``None`` when nothing waits."""
+        now = time.monotonic()
+        with self._lock:
+            steps = list(self._steps.values())
+        what: str | None
+        if steps:
+            what, since = steps[0]
+            if len(steps) > 1:
+                what += f" (and {len(steps) - 1} more)"
+        else:
+            what = self.probe() if self.probe is not None else None
+            since = self._last_move
+        if what is None:
+            return None
+        return f"{self.label}: waiting {fmt_duration(now - since)} for {what}"
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.interval / 4, 1.0)):
+            now = time.monotonic()
+            if now - max(self._last_move, self._last_line) < self.interval:
+                continue
+            text = self.line()
+            if text is None:
+                continue
+            self._last_line = now
+            # On a terminal, the progress line is redrawn under this one.
+            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
             self.stream.flush()

@@ -10,6 +10,9 @@ already on disk: a second warm costs no origin bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,14 +21,16 @@ from typing import Any, TextIO
 from fsspec.asyn import sync
 from fsspec.spec import AbstractFileSystem
 
+from cachefs.bridge import call_sync
 from cachefs.chunks import FileVersion, version_token
 from cachefs.cli_config import Settings, make_fs, url_protocol
-from cachefs.cli_format import Progress, fmt_bytes, fmt_duration
+from cachefs.cli_format import Heartbeat, Progress, fmt_bytes, fmt_duration
 from cachefs.cli_inspect import display_url
 from cachefs.data.world import World
 from cachefs.filesystem import CacheFileSystem
+from cachefs.prefetch import PrefetchHandle
 
-__all__ = ["WarmResult", "expand_urls", "run_warm"]
+__all__ = ["WarmResult", "disk_refusal", "expand_urls", "run_warm"]
 
 # Explicit prefetch needs a staging budget; this one when config turned it off.
 _STAGING_FALLBACK = 256 * 2**20
@@ -35,13 +40,57 @@ def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
+def _waiting(
+    heartbeat: Heartbeat | None, what: str
+) -> contextlib.AbstractContextManager[None]:
+    return (
+        heartbeat.waiting(what) if heartbeat is not None else contextlib.nullcontext()
+    )
+
+
+class BoundedListing:
+    """The target's ``info``, ``find`` and ``glob``, through the fetcher.
+
+    Each call is bounded by ``request_timeout`` and retried like a read (the
+    raw target waits as long as its own client does), and nothing is
+    recorded in the cache: an HTTP index page is not a file to remember.
+    """
+
+    def __init__(self, fs: CacheFileSystem) -> None:
+        self._fs = fs
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        fs = self._fs
+        return call_sync(fs.loop, fs.fetcher.metadata, method, path, **kwargs)
+
+    def info(self, path: str) -> dict[str, Any]:
+        """Return the target's info of ``path``."""
+        info: dict[str, Any] = self._call("info", path)
+        return info
+
+    def find(self, path: str, maxdepth: int | None = None) -> list[str]:
+        """Return the files below ``path``."""
+        files: list[str] = self._call("find", path, maxdepth=maxdepth)
+        return files
+
+    def glob(self, pattern: str) -> list[str]:
+        """Return the paths ``pattern`` matches."""
+        paths: list[str] = self._call("glob", pattern)
+        return paths
+
+
 def expand_urls(
-    target: AbstractFileSystem, urls: Sequence[str], recursive: bool
+    target: AbstractFileSystem | BoundedListing,
+    urls: Sequence[str],
+    recursive: bool,
+    *,
+    heartbeat: Heartbeat | None = None,
 ) -> list[str]:
     """Return the sorted, unique files that ``urls`` name on ``target``.
 
     A URL is a file, a directory or prefix (its files; with ``recursive``,
-    also those of its subdirectories) or a glob.
+    also those of its subdirectories) or a glob. Each origin call runs
+    inside ``heartbeat.waiting`` so that a slow one is named.
 
     Raises
     ------
@@ -50,27 +99,40 @@ def expand_urls(
     """
     found: set[str] = set()
     for url in urls:
-        files = _expand_one(target, url, recursive)
+        files = _expand_one(target, url, recursive, heartbeat)
         if not files:
             raise FileNotFoundError(f"no such file or directory: {url}")
         found.update(files)
     return sorted(found)
 
 
-def _expand_one(target: AbstractFileSystem, url: str, recursive: bool) -> list[str]:
+def _expand_one(
+    target: AbstractFileSystem | BoundedListing,
+    url: str,
+    recursive: bool,
+    heartbeat: Heartbeat | None,
+) -> list[str]:
     if _has_magic(url):
         out: list[str] = []
-        for match in target.glob(url):
-            out += _expand_plain(target, match, recursive, quiet=True)
+        with _waiting(heartbeat, f"the listing of {url}"):
+            matches = target.glob(url)
+        for match in matches:
+            out += _expand_plain(target, match, recursive, heartbeat, quiet=True)
         return out
-    return _expand_plain(target, url, recursive, quiet=False)
+    return _expand_plain(target, url, recursive, heartbeat, quiet=False)
 
 
 def _expand_plain(
-    target: AbstractFileSystem, url: str, recursive: bool, *, quiet: bool
+    target: AbstractFileSystem | BoundedListing,
+    url: str,
+    recursive: bool,
+    heartbeat: Heartbeat | None,
+    *,
+    quiet: bool,
 ) -> list[str]:
     try:
-        info: dict[str, Any] | None = target.info(url)
+        with _waiting(heartbeat, f"the info of {url}"):
+            info: dict[str, Any] | None = target.info(url)
     except FileNotFoundError as exc:
         cause = exc.__cause__
         if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
@@ -84,7 +146,8 @@ def _expand_plain(
     if is_file and not (info or {}).get("mimetype", "").startswith("text/html"):
         return [url]
     try:
-        files = list(target.find(url, maxdepth=None if recursive else 1))
+        with _waiting(heartbeat, f"the listing of {url}"):
+            files = list(target.find(url, maxdepth=None if recursive else 1))
     except (FileNotFoundError, NotADirectoryError):
         files = []
     if files:
@@ -111,6 +174,8 @@ class WarmResult:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    #: Why the disk did not store chunks (see :func:`disk_refusal`), if it did not.
+    disk_error: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -130,30 +195,38 @@ class WarmResult:
             "complete": self.complete,
             "failed": [{"path": p, "error": e} for p, e in self.failed],
             "incomplete": self.incomplete,
+            "disk_error": self.disk_error,
             "paths": self.paths,
         }
 
 
 async def _infos(
-    fs: CacheFileSystem, paths: Sequence[str], limit: int
+    fs: CacheFileSystem,
+    paths: Sequence[str],
+    limit: int,
+    heartbeat: Heartbeat | None,
 ) -> list[dict[str, Any] | BaseException]:
     gate = asyncio.Semaphore(limit)
 
     async def one(path: str) -> dict[str, Any]:
         async with gate:
-            info: dict[str, Any] = await fs._info(path)
+            with _waiting(heartbeat, f"the info of {_url(fs, path)}"):
+                info: dict[str, Any] = await fs._info(path)
             return info
 
     return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
 
 def _versions(
-    fs: CacheFileSystem, paths: Sequence[str], limit: int
+    fs: CacheFileSystem,
+    paths: Sequence[str],
+    limit: int,
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[list[FileVersion], list[tuple[str, str]]]:
     """Learn every file's version (one metadata request each, concurrently)."""
     versions: list[FileVersion] = []
     failed: list[tuple[str, str]] = []
-    infos = sync(fs.loop, _infos, fs, paths, limit)
+    infos = sync(fs.loop, _infos, fs, paths, limit, heartbeat)
     for path, info in zip(paths, infos, strict=True):
         if isinstance(info, BaseException):
             if not isinstance(info, Exception):
@@ -222,12 +295,48 @@ def warm(
     show_progress: bool,
     interval: float = 5.0,
 ) -> WarmResult:
-    """Fetch the files ``urls`` name (this rank's share) into ``fs``'s disk tier."""
-    files = expand_urls(fs.fs, urls, recursive)
+    """Fetch the files ``urls`` name (this rank's share) into ``fs``'s disk tier.
+
+    While it runs, ``progress_stream`` gets progress lines and, whenever
+    nothing has moved for ``interval`` seconds, a line naming what it is
+    waiting for (a listing, a file's info, a file's bytes).
+    """
+    heartbeat = Heartbeat(
+        progress_stream, "warm", interval=interval, enabled=show_progress
+    )
+    with heartbeat:
+        return _warm(
+            fs,
+            urls,
+            recursive=recursive,
+            world=world,
+            jobs=jobs,
+            progress_stream=progress_stream,
+            show_progress=show_progress,
+            interval=interval,
+            heartbeat=heartbeat,
+        )
+
+
+def _warm(
+    fs: CacheFileSystem,
+    urls: Sequence[str],
+    *,
+    recursive: bool,
+    world: World,
+    jobs: int,
+    progress_stream: TextIO,
+    show_progress: bool,
+    interval: float,
+    heartbeat: Heartbeat,
+) -> WarmResult:
+    # Every listing call bounded by request_timeout and retried, so a silent
+    # origin ends the warm with an error naming the URL.
+    files = expand_urls(BoundedListing(fs), urls, recursive, heartbeat=heartbeat)
     mine = world.rank_share(files)
     result = WarmResult(world.rank, world.world_size, [_url(fs, p) for p in mine])
     started = time.monotonic()
-    versions, failed = _versions(fs, mine, jobs)
+    versions, failed = _versions(fs, mine, jobs, heartbeat)
     result.failed = [(_url(fs, p), e) for p, e in failed]
     result.size = sum(v.size for v in versions)
     result.cached_before = sum(_cached_bytes(fs, v)[0] for v in versions)
@@ -242,10 +351,18 @@ def warm(
     handle = fs.prefetch([v.path for v in versions]) if versions else None
     try:
         if handle is not None:
+            heartbeat.probe = lambda: _bytes_of(fs, handle)
             tick = 0.1 if progress.tty else min(0.5, interval)
+            seen = (0, 0)
             while not handle.wait(timeout=tick):
-                progress.update(handle.done_bytes, moved())
-            fs.wait_idle()
+                now = (handle.done_bytes, moved())
+                if now != seen:
+                    seen = now
+                    heartbeat.moved()
+                progress.update(*now)
+            heartbeat.probe = None
+            with heartbeat.waiting("the fetched chunks to be stored in the cache"):
+                fs.wait_idle()
     except BaseException:
         if handle is not None:
             handle.cancel()
@@ -254,16 +371,60 @@ def warm(
     result.seconds = time.monotonic() - started
     progress.close(result.size if handle is None else handle.done_bytes, moved())
     if handle is not None:
-        seen = {p for p, _ in result.failed}
+        seen_urls = {p for p, _ in result.failed}
         for path, exc in handle.failed:
-            if _url(fs, path) not in seen:
-                seen.add(_url(fs, path))
+            if _url(fs, path) not in seen_urls:
+                seen_urls.add(_url(fs, path))
                 result.failed.append((_url(fs, path), _describe(exc)))
         for version in versions:
             url = _url(fs, version.path)
-            if url not in seen and _cached_bytes(fs, version)[1]:
+            if url not in seen_urls and _cached_bytes(fs, version)[1]:
                 result.incomplete.append(url)
+    if result.incomplete:
+        result.disk_error = disk_refusal(fs)
     return result
+
+
+def _bytes_of(fs: CacheFileSystem, handle: PrefetchHandle) -> str | None:
+    path = handle.waiting_on
+    return None if path is None else f"the bytes of {_url(fs, path)}"
+
+
+def disk_refusal(fs: CacheFileSystem) -> str | None:
+    """Say why the disk tier did not store chunks, or ``None`` if it did not refuse.
+
+    The tier's latest refused write (``DiskTier.last_refusal``) names the
+    cause; without one, a read-only or full file system under a cache
+    directory is the cause. ``None`` leaves the budget as the likely one.
+    """
+    for disk in fs.router.disks:
+        exc = getattr(disk, "last_refusal", None)
+        if isinstance(exc, OSError):
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            where = exc.filename if exc.filename is not None else disk.root
+            return (
+                f"the disk refused writes: {name} ({exc.strerror or exc}) "
+                f"at {os.fspath(where)}"
+            )
+    for disk in fs.router.disks:
+        try:
+            st = os.statvfs(disk.root)
+        except OSError:
+            continue
+        if st.f_flag & os.ST_RDONLY:
+            return f"the disk refused writes: {disk.root} is on a read-only file system"
+        if st.f_bavail * st.f_frsize < fs.chunk_size:
+            free = fmt_bytes(st.f_bavail * st.f_frsize)
+            return (
+                f"the disk refused writes: the file system of {disk.root} is full "
+                f"({free} free)"
+            )
+        if st.f_files and not st.f_favail:
+            return (
+                f"the disk refused writes: the file system of {disk.root} "
+                "has no free inodes"
+            )
+    return None
 
 
 def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) -> int:
@@ -309,9 +470,10 @@ def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) 
     for path, error in result.failed:
         log(f"failed: {path}: {error}")
     for path in result.incomplete:
-        where = (
-            "the shared tier" if to_shared else "--disk-limit smaller than the data?"
-        )
+        if to_shared:
+            where = "the shared tier"
+        else:
+            where = result.disk_error or "--disk-limit smaller than the data?"
         log(f"not fully cached: {path} ({where})")
     if args.json:
         import json
@@ -334,5 +496,6 @@ def run_warm(settings: Settings, args: Any, out: TextIO, err: TextIO, log: Any) 
         )
         if not result.complete:
             n = len(result.failed) + len(result.incomplete)
-            out.write(f"{n} of {len(result.paths)} files are not fully cached\n")
+            why = f": {result.disk_error}" if result.disk_error else ""
+            out.write(f"{n} of {len(result.paths)} files are not fully cached{why}\n")
     return 0 if result.complete else 1

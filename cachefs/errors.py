@@ -12,11 +12,26 @@ from dataclasses import dataclass
 
 import aiohttp
 
-__all__ = ["ErrorClass", "ShortReadError", "StaleVersionError", "classify"]
+__all__ = [
+    "ErrorClass",
+    "OriginResponseError",
+    "ShortReadError",
+    "StaleVersionError",
+    "classify",
+]
 
 
 class ShortReadError(ConnectionError):
     """The origin returned fewer bytes than the range asked for."""
+
+
+class OriginResponseError(OSError):
+    """The origin answered something other than what was asked.
+
+    A range that starts or ends elsewhere, a body in an encoding that was not
+    asked for, a response with no usable size: its bytes are never served nor
+    cached, and asking again would get the same answer.
+    """
 
 
 class StaleVersionError(OSError):
@@ -56,6 +71,7 @@ _CLIENT_ERROR = ErrorClass(OSError, False)
 # Exception types, most specific first.
 _TYPES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
     (StaleVersionError, ErrorClass(StaleVersionError, False)),
+    (OriginResponseError, ErrorClass(OriginResponseError, False)),
     (FileNotFoundError, ErrorClass(FileNotFoundError, False)),
     (PermissionError, ErrorClass(PermissionError, False)),
     (IsADirectoryError, ErrorClass(IsADirectoryError, False)),

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -19,12 +20,18 @@ from typing import Any, TypeVar
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.chunks import version_token
-from cachefs.errors import ShortReadError, StaleVersionError, classify
+from cachefs.errors import (
+    OriginResponseError,
+    ShortReadError,
+    StaleVersionError,
+    classify,
+)
 
 __all__ = ["FetchStats", "Fetcher", "RangeRead"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(slots=True)
@@ -81,8 +88,10 @@ class _ByteBudget:
 class RangeRead:
     """One ranged read in progress: where it is, and what it has learned.
 
-    A retry resumes at :attr:`pos`; once the file's info was seen, its size
-    bounds the read and its version token is enforced on every retry.
+    A retry resumes at :attr:`pos`. Once the file's size and version are
+    known (given, or learned from the first response), every response must
+    agree with them: a file that changed size or ETag under the read is a
+    :class:`StaleVersionError`, never a read that ends early or mixes bytes.
     """
 
     path: str
@@ -93,15 +102,28 @@ class RangeRead:
     token: str | None = None
     on_info: Callable[[dict[str, Any]], None] | None = None
     size: int | None = None
+    learned: bool = False
 
     def seen(self, info: dict[str, Any]) -> None:
         """Check a response's info against the version; note it the first time."""
         _check_version(self.path, info, self.token)
-        if self.size is None:
-            self.size = int(info["size"])
+        size = int(info["size"])
+        if self.size is not None and size != self.size:
+            raise StaleVersionError(
+                f"{self.path} changed at the origin: it now has {size} bytes, "
+                f"the version being read has {self.size}; reopen it to read "
+                "the new version"
+            )
+        if not self.learned:
+            self.learned = True
+            self.size = size
             self.token = self.token or version_token(info)
             if self.on_info is not None:
                 self.on_info(info)
+
+    def what(self) -> str:
+        """Name the read in messages: URL and byte range."""
+        return f"{self.path} bytes {self.pos}-{self.stop - 1}"
 
     def end(self) -> int:
         """Return where the read stops (the range's end, clipped to the file)."""
@@ -199,6 +221,21 @@ class Fetcher:
 
         return await self._retrying(once, f"info of {path}")
 
+    async def metadata(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call a listing method (``ls``, ``find``, ...) of the target on ``path``.
+
+        Bounded by ``timeout`` per attempt and retried like a read, so a
+        silent origin fails with an error naming the call and the path.
+        """
+        sem, _ = self._caps()
+
+        async def once() -> Any:
+            async with sem:
+                self.stats.metadata_requests += 1
+                return await self._with_timeout(self.call(method, path, **kwargs))
+
+        return await self._retrying(once, f"{method} of {path}")
+
     async def stream(
         self,
         path: str,
@@ -208,6 +245,7 @@ class Fetcher:
         *,
         on_piece: Callable[[int, bytes | memoryview], None],
         token: str | None = None,
+        size: int | None = None,
         on_info: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Read ``[start, stop)`` of ``path`` in one ranged request.
@@ -229,6 +267,9 @@ class Fetcher:
         token
             A version token the response must match (over HTTP, by ETag):
             bytes of two versions never mix in the cache.
+        size
+            The size of the version being read, when known: a response that
+            reports another size is a :class:`StaleVersionError`.
         on_info
             Called once with the file's info before the first part. Over HTTP
             it comes from the response headers (size from Content-Range, the
@@ -242,9 +283,12 @@ class Fetcher:
             When transient faults persist past ``retries``; the message names
             the path and the range.
         StaleVersionError
-            When the origin's ETag no longer matches ``token``.
+            When the origin's ETag or size no longer matches the version.
+        OriginResponseError
+            When the response is not what was asked: another range, an
+            encoded body, no usable size.
         """
-        read = RangeRead(path, start, stop, piece, on_piece, token, on_info)
+        read = RangeRead(path, start, stop, piece, on_piece, token, on_info, size)
         http = _is_http(self.target)
 
         async def once() -> None:
@@ -273,7 +317,7 @@ class Fetcher:
 
     async def _stream_generic(self, read: RangeRead) -> None:
         """Any target: ``info`` (once), then one ``cat_file`` of the rest."""
-        if read.size is None and read.token is None:
+        if not read.learned and (read.size is None or read.token is None):
             info = await self.info(read.path)
             if info.get("type") == "directory" or info.get("size") is None:
                 raise IsADirectoryError(f"{read.path} is a directory")
@@ -286,9 +330,14 @@ class Fetcher:
                 self.call("cat_file", read.path, start=read.pos, end=hi)
             )
         if len(data) != hi - read.pos:
-            raise ShortReadError(
-                f"origin returned {len(data)} bytes for a {hi - read.pos}-byte range"
-            )
+            if len(data) < hi - read.pos and not read.learned:
+                # A version known beforehand, and the file now ends earlier.
+                raise StaleVersionError(
+                    f"{read.path} changed at the origin: {read.what()} returned "
+                    f"{len(data)} bytes, the version being read has {read.size}; "
+                    "reopen it to read the new version"
+                )
+            raise ShortReadError(f"origin returned {len(data)} bytes for {read.what()}")
         self.stats.bytes += len(data)
         whole, base = memoryview(data), read.pos
         while read.pos < hi:
@@ -330,12 +379,16 @@ class Fetcher:
             raise
         body = response["Body"]
         try:
-            content_range = response.get("ContentRange") or ""
-            size = (
-                int(content_range.rpartition("/")[2])
-                if content_range
-                else read.pos + int(response["ContentLength"])
-            )
+            length = int(response["ContentLength"])
+            if response.get("ContentRange"):
+                size = _check_content_range(read, response["ContentRange"], length)
+            else:  # a whole object (the range covered it all)
+                if read.pos:
+                    raise OriginResponseError(
+                        f"{read.what()}: the origin sent the whole object "
+                        "without a ContentRange"
+                    )
+                size = length
             info: dict[str, Any] = {"name": read.path, "size": size, "type": "file"}
             if response.get("ETag"):
                 info["ETag"] = response["ETag"]
@@ -349,34 +402,65 @@ class Fetcher:
             body.close()
 
     async def _stream_http(self, read: RangeRead) -> None:
-        """One ranged GET through fsspec's HTTP session."""
+        """One ranged GET through fsspec's HTTP session, checked as it lands.
+
+        The identity encoding is asked for (as fsspec's own http does): a
+        compressed body's length says nothing about the file's. A 206 must
+        cover exactly the range asked, a 200 the whole file, and both the
+        size of a version already known.
+        """
         target: Any = self.target
         kwargs = dict(target.kwargs)
         headers = dict(kwargs.pop("headers", None) or {})
         headers["Range"] = f"bytes={read.pos}-{read.stop - 1}"
+        headers["Accept-Encoding"] = "identity"
         session = await target.set_session()
         url = read.path
         async with session.get(target.encode_url(url), headers=headers, **kwargs) as r:
             if r.status == 404:
                 raise FileNotFoundError(url)
-            if r.status == 416:  # the range starts past the end
-                size = int(r.headers.get("Content-Range", "*/0").rpartition("/")[2])
-            else:
+            encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+            if r.status != 416:
                 r.raise_for_status()
-                if r.status == 206:
-                    size = int(r.headers["Content-Range"].rpartition("/")[2])
-                else:  # the server ignored the range and sends everything
-                    size = int(r.headers.get("Content-Length", -1))
+            if encoding not in ("", "identity"):
+                raise OriginResponseError(
+                    f"{read.what()}: the origin sent a {encoding}-encoded body "
+                    "although the identity encoding was asked for; its length "
+                    "is not the file's, so it is refused"
+                )
+            body: bytes | None = None
+            if r.status == 416:  # the range starts past the end
+                size = _total_of(r.headers.get("Content-Range"))
+                if size is None:
+                    size = int((await self.info(url))["size"])
+            elif r.status == 206:
+                size = _check_content_range(
+                    read, r.headers.get("Content-Range", ""), r.content_length
+                )
+            elif r.status == 200:  # the server ignored the range: the whole file
+                if r.content_length is None:  # chunked: the body is the size
+                    body = await r.read()
+                    size = len(body)
+                else:
+                    size = r.content_length
+            else:
+                raise OriginResponseError(
+                    f"{read.what()}: unexpected HTTP status {r.status}"
+                )
             info: dict[str, Any] = {"name": url, "size": size, "type": "file"}
             for field in ("ETag", "Last-Modified"):
                 if r.headers.get(field):
                     info[field] = r.headers[field]
-            if size < 0:
-                body = await r.read()
-                info["size"] = size = len(body)
             read.seen(info)
             hi = read.end()
             if r.status == 416 or hi <= read.pos:
+                return
+            if body is not None:
+                whole = memoryview(body)
+                self.stats.bytes += hi - read.pos
+                while read.pos < hi:
+                    n = read.next_part(hi)
+                    read.deliver(whole[read.pos : read.pos + n])  # no copy
                 return
             if r.status == 200 and read.pos:
                 await r.content.readexactly(read.pos)  # what the range excluded
@@ -386,7 +470,8 @@ class Fetcher:
                     data = await r.content.readexactly(n)
                 except asyncio.IncompleteReadError as exc:
                     raise ShortReadError(
-                        f"origin closed after {len(exc.partial)} of {n} bytes"
+                        f"origin closed after {len(exc.partial)} of {n} bytes "
+                        f"of {read.what()}"
                     ) from exc
                 self.stats.bytes += n
                 read.deliver(data)
@@ -415,11 +500,55 @@ class Fetcher:
                 if isinstance(exc, kind.builtin) and not kind.transient:
                     raise
                 attempts = f" after {tries + 1} attempts" if kind.transient else ""
+                detail = str(exc) or (
+                    f"no answer within request_timeout={self.timeout} s"
+                    if isinstance(exc, TimeoutError)
+                    else "no detail given"
+                )
                 raise kind.builtin(
                     f"cachefs: reading {what} failed{attempts}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {detail}"
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _total_of(content_range: str | None) -> int | None:
+    """Return the total of ``bytes .../TOTAL``, or ``None`` if it has none."""
+    total = (content_range or "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _check_content_range(read: RangeRead, header: str, length: int | None) -> int:
+    """Check a partial response covers exactly the range asked; return the size.
+
+    ``bytes FIRST-LAST/TOTAL`` must start at the first byte asked, end at the
+    last byte asked (or the file's last), and agree with the body's length.
+    """
+    match = _CONTENT_RANGE.match(header.strip())
+    if match is None:
+        raise OriginResponseError(
+            f"{read.what()}: the origin's Content-Range {header!r} is not "
+            "'bytes FIRST-LAST/TOTAL'"
+        )
+    first, last = int(match.group(1)), int(match.group(2))
+    total = int(match.group(3)) if match.group(3) != "*" else read.size
+    if total is None:
+        raise OriginResponseError(
+            f"{read.what()}: the origin's Content-Range {header!r} gives no size"
+        )
+    if read.size is not None and total != read.size:
+        return total  # the file changed: RangeRead.seen says so
+    want_last = min(read.stop, total) - 1
+    if first != read.pos or last != want_last:
+        raise OriginResponseError(
+            f"{read.what()}: the origin answered Content-Range {header!r}, "
+            f"not bytes {read.pos}-{want_last}"
+        )
+    if length is not None and length != last - first + 1:
+        raise OriginResponseError(
+            f"{read.what()}: Content-Range {header!r} but {length} body bytes"
+        )
+    return total
 
 
 def _check_version(path: str, info: dict[str, Any], token: str | None) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-from fsspec.asyn import sync
-
+from cachefs.bridge import call_sync
 from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.errors import StaleVersionError
 from cachefs.prefetch import ReadaheadWindow
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from cachefs.filesystem import CacheFileSystem
 
 __all__ = ["CachedFile"]
+
+# Chunks a file object keeps in hand at most (beyond those of its open).
+_HELD_CHUNKS = 4
 
 
 class CachedFile(io.RawIOBase):
@@ -60,7 +63,13 @@ class CachedFile(io.RawIOBase):
         self._router = fs.router
         self._pos = 0
         self._keys: dict[int, ChunkKey] = {}
-        self._pinned = {k.index: v for k, v in (pinned or {}).items()}
+        #: Chunks in hand, by index: those read while opening, and the ones
+        #: the read is in. Kept until the read moves past them whatever the
+        #: tiers admit, so small reads never fetch a chunk twice.
+        self._held: dict[int, memoryview] = {}
+        #: Chunks of the open's first request, added as they arrive (on the
+        #: loop's thread); taken into ``_held`` when the read reaches them.
+        self._arriving = pinned if pinned is not None else {}
         self._window: ReadaheadWindow | None = None
         if fs.readahead and self._router.staging is not None:
             self._window = ReadaheadWindow(self.chunk_size, fs.readahead)
@@ -191,7 +200,8 @@ class CachedFile(io.RawIOBase):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._router.abandon, keys)
         self._keys.clear()
-        self._pinned.clear()
+        self._held.clear()
+        self._arriving = {}
         super().close()
 
     def info(self) -> dict[str, Any]:
@@ -257,21 +267,42 @@ class CachedFile(io.RawIOBase):
         return key
 
     def _chunk(self, index: int) -> memoryview:
+        view = self._held.get(index)
+        if view is not None:
+            return view
         key = self._keys.get(index) or self._key(index)
-        view = self._router.get_cached(key)
-        if view is None and self._pinned:
-            view = self._pinned.get(index)
+        view = self._router.get_cached(key) or self._arriving.pop(key, None)
         if view is None:
             if self.closed:
                 raise ValueError(f"I/O operation on closed file {self.path}")
-            view = self._fetch([key])[0]
+            view = self._fetch([key], {})[0]
+        self._hold(index, view)
         return view
 
-    def _fetch(self, keys: list[ChunkKey]) -> list[memoryview]:
-        known = {k: self._pinned[k.index] for k in keys if k.index in self._pinned}
-        views: list[memoryview] = sync(
-            self.fs.loop, self._router.get_chunks, keys, known
-        )
+    def _hold(self, index: int, view: memoryview) -> None:
+        """Keep chunk ``index`` in hand; let go of those the read has passed."""
+        held = self._held
+        held[index] = view
+        if len(held) > _HELD_CHUNKS:
+            # The previous chunk stays (a record that straddles the boundary
+            # is read across both); the farthest from the read go first.
+            for far in sorted(held, key=lambda i: abs(i - index))[_HELD_CHUNKS:]:
+                del held[far]
+
+    def _fetch(
+        self, keys: list[ChunkKey], known: dict[ChunkKey, memoryview]
+    ) -> list[memoryview]:
+        """Return the chunks for ``keys`` (``known``: those already in hand)."""
+        try:
+            views: list[memoryview] = call_sync(
+                self.fs.loop, self._router.get_chunks, keys, known
+            )
+        except StaleVersionError:
+            # This file object keeps reading its version (and failing); the
+            # cache forgets it, so the next open — in any process sharing
+            # the cache — learns the new one.
+            self.fs.invalidate(self.path)
+            raise
         return views
 
     def _copy_range(self, start: int, stop: int, out: memoryview) -> None:
@@ -280,9 +311,14 @@ class CachedFile(io.RawIOBase):
         cs = self.chunk_size
         first, last = start // cs, (stop - 1) // cs
         keys = [self._key(i) for i in range(first, last + 1)]
-        views = [self._router.get_cached(k) or self._pinned.get(k.index) for k in keys]
+        held, cached, arriving = self._held, self._router.get_cached, self._arriving
+        views = [held.get(k.index) or cached(k) or arriving.pop(k, None) for k in keys]
         if any(v is None for v in views):
-            views = self._fetch(keys)  # type: ignore[assignment]
+            known = {k: v for k, v in zip(keys, views, strict=True) if v is not None}
+            views = self._fetch(keys, known)  # type: ignore[assignment]
+        for key, view in zip(keys[-2:], views[-2:], strict=True):
+            assert view is not None
+            self._hold(key.index, view)
         written = 0
         for key, view in zip(keys, views, strict=True):
             assert view is not None

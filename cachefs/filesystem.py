@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
-from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.asyn import AsyncFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
+from cachefs.bridge import call_sync, name_timeouts_of
 from cachefs.chunks import ChunkKey, FileVersion, parse_size, version_token
 from cachefs.errors import StaleVersionError
 from cachefs.fetch import Fetcher
@@ -34,7 +35,7 @@ from cachefs.metadata import MetadataCache, TTLCache
 from cachefs.policy import EvictionPolicy, make_policy
 from cachefs.prefetch import PrefetchHandle, PrefetchItem, Staging
 from cachefs.router import ChunkRouter
-from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.disk import DiskTier, parse_flag
 from cachefs.tiers.ram import RamTier
 from cachefs.tiers.shared import SharedTier
 from cachefs.writes import WriteThroughFile
@@ -80,22 +81,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "cachefs"
 
 
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
+def _check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+    from cachefs.chunks import parse_count  # one parser: see chunks.py
+
+    return parse_count(value, name, minimum=minimum)
 
 
 def _check_seconds(value: Any, name: str, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
+    from cachefs.chunks import parse_seconds  # one parser, the CLI's too
+
+    return parse_seconds(value, name, allow_none=allow_none)
 
 
 _T = TypeVar("_T")
@@ -147,7 +142,34 @@ def _make_codec(compression: Any) -> Any:
         raise ValueError(f"compression={compression!r}: {exc}") from exc
 
 
-class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
+def _keep(
+    views: dict[ChunkKey, memoryview], key: ChunkKey, fut: asyncio.Future[memoryview]
+) -> None:
+    """Add a fetched chunk to ``views`` (a done callback; failures are left)."""
+    if not fut.cancelled() and fut.exception() is None:
+        views[key] = fut.result()
+
+
+class _CacheFileSystemType(type(AsyncFileSystem)):  # type: ignore[misc]
+    """fsspec's instance cache, with settings normalised and named timeouts."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("target_options"):
+            # URL chaining always passes ``target_options={}``: the same
+            # settings as none at all, so the same instance.
+            kwargs.pop("target_options", None)
+        # fsspec's token hashes the keywords in the order given: sorted, the
+        # same settings make the same token however they were spelled.
+        obj = super().__call__(*args, **dict(sorted(kwargs.items())))
+        name_timeouts_of(obj)
+        return obj
+
+
+class CacheFileSystem(
+    AsyncFileSystem,  # type: ignore[misc]
+    ChainedFileSystem,  # type: ignore[misc]
+    metaclass=_CacheFileSystemType,
+):
     """A tiered chunk cache over any fsspec filesystem.
 
     Parameters
@@ -210,6 +232,12 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         "bucket/cachefs", "options": {...}}``. Misses look there before the
         origin; chunks fetched from the origin are published there in the
         background. ``None`` (the default) means no shared tier.
+    trust_cache_dir
+        Use a cache directory even if another user owns it or others can
+        write to it, and serve chunk files another user owns. Off by default:
+        such a directory is refused with a ``PermissionError`` naming it and
+        the fix (``chmod 700`` or ``chown``), because records planted there
+        would be served as the origin's bytes.
     **kwargs
         Passed to :class:`fsspec.asyn.AsyncFileSystem` (``asynchronous``,
         ``loop``, ...).
@@ -221,6 +249,11 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
 
     protocol = ("cachefs",)
     root_marker = ""
+    # URL chaining passes each file's path as ``fo``: left out of the instance
+    # token (as fsspec's own caches do), every ``cachefs::`` URL of a process
+    # with the same settings reaches one instance, so one RAM budget, one
+    # metadata cache and one learned readahead.
+    _strip_tokenize_options = ("fo",)
 
     def __init__(
         self,
@@ -246,6 +279,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         prefetch_hold: float = 30.0,
         compression: str | dict[str, Any] | Any | None = None,
         shared: str | dict[str, Any] | None = None,
+        trust_cache_dir: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
@@ -256,10 +290,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         self.metadata_ttl = _check_seconds(
             metadata_ttl, "metadata_ttl", allow_none=True
         )
-        if isinstance(retries, bool) or not isinstance(retries, int):
-            raise TypeError(f"retries must be an int, got {type(retries).__name__}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        retries = _check_count(retries, "retries", minimum=0)
         timeout = _check_seconds(request_timeout, "request_timeout", allow_none=True)
         self.fs = self._make_target(target_protocol, target_options, fs)
         proto = self.fs.protocol
@@ -268,9 +299,15 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         make_policy(policy)  # validate the name before touching the disk
         disks = []
         codec = _make_codec(compression)
+        trust = parse_flag(trust_cache_dir, "trust_cache_dir")
         if self.disk_limit:
             share = self.disk_limit // len(dirs)
-            disks = [DiskTier(d, share, make_policy(policy), codec=codec) for d in dirs]
+            disks = [
+                DiskTier(
+                    d, share, make_policy(policy), codec=codec, trust_cache_dir=trust
+                )
+                for d in dirs
+            ]
         self.cache_dirs = dirs
         ram = RamTier(self.ram_limit, make_policy(policy)) if self.ram_limit else None
         self.fetcher = Fetcher(
@@ -296,12 +333,20 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         self._resolving: dict[str, asyncio.Future[FileVersion]] = {}
         #: Bytes an open reads with its first request: one chunk, or the
         #: first readahead window once opened files are read sequentially.
-        self._open_span = self.chunk_size
+        # Optimistic at first (training data is read front to back): the
+        # first request of an unseen file covers the readahead window, so its
+        # second chunk is not asked for only after the first has arrived.
+        # A file read at random narrows later opens to one chunk.
+        self._open_span = max(
+            self.chunk_size, min(self.readahead, self.router.max_coalesce)
+        )
         self._handles: weakref.WeakSet[PrefetchHandle] = weakref.WeakSet()
         if not self.asynchronous:
             self.router.loop = self.loop
         self.metadata = MetadataCache(
-            self.metadata_ttl, disks[0].root / "meta" if disks else None
+            self.metadata_ttl,
+            disks[0].root / "meta" if disks else None,
+            trust_cache_dir=trust,
         )
         self._infos = TTLCache(self.metadata_ttl)
         self._listings = TTLCache(self.metadata_ttl)
@@ -537,7 +582,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             views = [self.router.get_cached(k) for k in keys]
             if all(v is not None for v in views):
                 return self._assemble(keys, views, lo, hi)  # type: ignore[arg-type]
-        data: bytes = sync(
+        data: bytes = call_sync(
             self.loop, self._cat_file, path, start=start, end=end, **kwargs
         )
         return data
@@ -661,10 +706,15 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
                 lock.release()
         views: dict[ChunkKey, memoryview] = {}
         if not staged and start < version.size:
-            first = version.key(cs, start // cs)
-            fut = self.router.inflight(first)
-            if fut is not None:
-                views[first] = await asyncio.shield(fut)
+            # The first chunk is awaited; the others of the span are handed
+            # back as they arrive, so a reader keeps them even where no tier
+            # admits them (a full tier under the epoch policy).
+            span_keys = self._span_keys(version, start, min(stop, version.size))
+            waits = {k: f for k in span_keys if (f := self.router.inflight(k))}
+            if span_keys[0] in waits:
+                views[span_keys[0]] = await asyncio.shield(waits.pop(span_keys[0]))
+            for key, fut in waits.items():
+                fut.add_done_callback(functools.partial(_keep, views, key))
             self.router.stats.wait_seconds += time.perf_counter() - began
         return version, views
 
@@ -713,14 +763,30 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             fetched = dict(zip(keys, views, strict=True))
         except Exception:
             # Some chunk failed: read range by range, so that each range
-            # reports its own outcome.
-            results = await asyncio.gather(
+            # reports its own outcome, all against the versions resolved
+            # above (one call, one version per file: never re-resolved here).
+            outcomes = await asyncio.gather(
                 *(
-                    self._cat_file(p, s, e)
-                    for p, s, e in zip(paths, starts_l, ends_l, strict=True)
+                    self.router.get_chunks(plan[0])
+                    for plan in plans
+                    if not isinstance(plan, BaseException)
                 ),
                 return_exceptions=True,
             )
+            got = iter(outcomes)
+            results = []
+            for path, plan in zip(paths, plans, strict=True):
+                if isinstance(plan, BaseException):
+                    results.append(plan)
+                    continue
+                outcome = next(got)
+                if isinstance(outcome, StaleVersionError):
+                    self.invalidate(path)  # the next call learns the new one
+                results.append(
+                    outcome
+                    if isinstance(outcome, BaseException)
+                    else self._assemble(plan[0], outcome, *plan[1:])
+                )
         else:
             results = [
                 plan
@@ -776,11 +842,11 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
             if version is None:
                 if self.readahead and self._first_read_fetches(tpath):
                     # The first chunks come with the size: no HEAD round trip.
-                    version, pinned = sync(
+                    version, pinned = call_sync(
                         self.loop, self._resolve_span, tpath, 0, self._open_span
                     )
                 else:
-                    version = sync(self.loop, self._version, tpath)
+                    version = call_sync(self.loop, self._version, tpath)
             return CachedFile(self, version, pinned)
         if mode not in _WRITE_MODES:
             raise ValueError(
@@ -829,8 +895,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         tpath = self._target_path(path)
         listing = self._listings.get(tpath)
         if listing is None:
-            self.fetcher.stats.metadata_requests += 1
-            listing = await self.fetcher.call("ls", tpath, detail=True, **kwargs)
+            listing = await self.fetcher.metadata("ls", tpath, detail=True, **kwargs)
             self._listings.put(tpath, listing)
             for entry in listing:
                 # http listings carry no sizes: such entries are no info.
@@ -848,8 +913,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         withdirs: bool = False,
         **kwargs: Any,
     ) -> Any:
-        self.fetcher.stats.metadata_requests += 1
-        return await self.fetcher.call(
+        return await self.fetcher.metadata(
             "find",
             self._target_path(path),
             maxdepth=maxdepth,
@@ -1073,7 +1137,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         if self.asynchronous:
             self.router.cancel_all()
             return
-        sync(self.loop, self._close_on_loop, timeout=30)
+        call_sync(self.loop, self._close_on_loop, timeout=30)
 
     async def _close_on_loop(self) -> None:
         self.router.cancel_all()
@@ -1086,7 +1150,7 @@ class CacheFileSystem(AsyncFileSystem, ChainedFileSystem):  # type: ignore[misc]
         finishes in the background. Call this before handing the cache
         directory to another process that must find everything there.
         """
-        sync(self.loop, self.router.drain, timeout=timeout)
+        call_sync(self.loop, self.router.drain, timeout=timeout)
 
     def clear_cache(self) -> None:
         """Drop every cached chunk and all metadata (RAM and disk)."""

@@ -3,6 +3,13 @@
 Versions are kept in memory and, when a disk tier exists, persisted as small
 JSON records so that a new process — or one whose origin is unreachable, with
 ``metadata_ttl=None`` — can serve a warmed cache without asking the origin.
+
+A record is trusted only whole: it carries a CRC32C of its canonical JSON and
+every field is validated (a finite, non-negative integer size, string token,
+the protocol and path it is filed under). A damaged record is dropped and the
+version learned again from the origin. Records are read, written and removed
+through a descriptor of the ``meta/`` directory opened without following
+symlinks.
 """
 
 from __future__ import annotations
@@ -10,17 +17,130 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cachefs.chunks import FileVersion
+import crc32c
 
-__all__ = ["MetadataCache", "TTLCache"]
+from cachefs.chunks import FileVersion
+from cachefs.tiers.disk import open_dir, secure_dir
+
+__all__ = [
+    "MetadataCache",
+    "TTLCache",
+    "decode_record",
+    "encode_record",
+    "record_damage",
+    "record_name",
+]
+
+log = logging.getLogger(__name__)
+
+_RECORD_FORMAT = 2  # 1 (no checksum) is read as damage and learned again
+_MAX_RECORD = 1 << 16
+_MAX_SIZE = (1 << 63) - 1
+# A record stamped further ahead than this would never expire: damage.
+_FUTURE_SLACK = 86400.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def record_name(protocol: str, path: str) -> str:
+    """Return the file name of the version record of ``protocol``/``path``."""
+    name = hashlib.blake2b(f"{protocol}\0{path}".encode(), digest_size=20)
+    return f"{name.hexdigest()}.json"
+
+
+def record_damage(raw: bytes, st: os.stat_result, name: str, *, trust: bool) -> str:
+    """Return why the version record ``raw`` filed as ``name`` is damaged.
+
+    ``""`` when it is sound: a regular file of ours (or ``trust``), a valid
+    checksummed record, filed under its own protocol and path's name.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.geteuid() and not trust:
+        return f"is owned by uid {st.st_uid}, not by you"
+    try:
+        version, _ = decode_record(raw)
+    except ValueError as exc:
+        return str(exc)
+    if record_name(version.protocol, version.path) != name:
+        return "is filed under another file's name"
+    return ""
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode()
+
+
+def encode_record(version: FileVersion, fetched: float) -> bytes:
+    """Return the stored form of ``version`` learned at ``fetched``."""
+    body: dict[str, Any] = {
+        "format": _RECORD_FORMAT,
+        "protocol": version.protocol,
+        "path": version.path,
+        "size": version.size,
+        "token": version.token,
+        "fetched": fetched,
+    }
+    body["crc32c"] = crc32c.crc32c(_canonical(body))
+    return _canonical(body)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"holds {name}")
+
+
+def decode_record(raw: bytes) -> tuple[FileVersion, float]:
+    """Verify and parse a stored version record.
+
+    Raises
+    ------
+    ValueError
+        If the record is damaged; the message says how.
+    """
+    if len(raw) > _MAX_RECORD:
+        raise ValueError("is too large")
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("is not JSON") from None
+    except ValueError as exc:
+        raise ValueError(f"is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ValueError("is not a JSON object")
+    if body.get("format") != _RECORD_FORMAT:
+        raise ValueError(f"has an unknown format ({body.get('format')!r})")
+    crc = body.pop("crc32c", None)
+    if type(crc) is not int or crc32c.crc32c(_canonical(body)) != crc:
+        raise ValueError("failed its CRC32C check")
+    if set(body) != {"format", "protocol", "path", "size", "token", "fetched"}:
+        raise ValueError("has unexpected fields")
+    protocol, path, token = body["protocol"], body["path"], body["token"]
+    size, fetched = body["size"], body["fetched"]
+    if not isinstance(protocol, str) or not protocol:
+        raise ValueError(f"has a bad protocol {protocol!r}")
+    if not isinstance(path, str) or not isinstance(token, str):
+        raise ValueError("has a path or token that is not a string")
+    if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+        raise ValueError(f"has a bad size {size!r}")
+    if (
+        type(fetched) not in (int, float)
+        or not math.isfinite(fetched)
+        or not 0 <= fetched <= time.time() + _FUTURE_SLACK
+    ):
+        raise ValueError(f"has a bad time {fetched!r}")
+    return FileVersion(protocol, path, size, token), float(fetched)
 
 
 def _fresh(stamp: float, ttl: float | None) -> bool:
@@ -74,16 +194,24 @@ class MetadataCache:
         Seconds a version is trusted without asking the origin again;
         ``None`` trusts it forever.
     root
-        Directory for persisted records, or ``None`` for memory only.
+        Directory for persisted records, or ``None`` for memory only;
+        created owner-only, and refused if it is a symlink (or, unless
+        ``trust_cache_dir``, if another user owns it or others can write it).
+    trust_cache_dir
+        See :class:`~cachefs.tiers.disk.DiskTier`.
     """
 
-    def __init__(self, ttl: float | None, root: Path | None) -> None:
+    def __init__(
+        self, ttl: float | None, root: Path | None, *, trust_cache_dir: bool = False
+    ) -> None:
         self.ttl = ttl
         self.root = root
+        self.trust_cache_dir = trust_cache_dir
         self._memory: dict[tuple[str, str], tuple[FileVersion, float]] = {}
         self._lock = threading.Lock()
+        self._unusable_logged = False
         if root is not None:
-            root.mkdir(mode=0o700, exist_ok=True)
+            secure_dir(root, trust=trust_cache_dir)
 
     def get(self, protocol: str, path: str) -> FileVersion | None:
         """Return the fresh version of ``path``, or ``None``."""
@@ -100,7 +228,16 @@ class MetadataCache:
         """Return whether any version of ``path`` was recorded, fresh or not."""
         if (protocol, path) in self._memory:
             return True
-        return self.root is not None and self._record_path(protocol, path).exists()
+        if self.root is None:
+            return False
+        with self._dir() as dfd:
+            if dfd is None:
+                return False
+            try:
+                os.stat(record_name(protocol, path), dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                return False
+            return True
 
     def put(self, version: FileVersion) -> None:
         """Record ``version`` as fresh now."""
@@ -108,24 +245,22 @@ class MetadataCache:
         self._memory[(version.protocol, version.path)] = (version, now)
         if self.root is None or self.ttl == 0:
             return
-        record = {
-            "protocol": version.protocol,
-            "path": version.path,
-            "size": version.size,
-            "token": version.token,
-            "fetched": now,
-        }
-        final = self._record_path(version.protocol, version.path)
-        tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(record))
-            os.replace(tmp, final)
-        except OSError:
-            # A metadata record is an optimisation; never fail a read for it.
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        data = encode_record(version, now)
+        final = record_name(version.protocol, version.path)
+        tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}"
+        with self._dir() as dfd:
+            if dfd is None:
+                return
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+                fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError:
+                # A metadata record is an optimisation; never fail a read for it.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
 
     def drop(self, protocol: str, path: str) -> FileVersion | None:
         """Forget ``path``; return the version that was known, if any."""
@@ -133,8 +268,7 @@ class MetadataCache:
         if item is None and self.root is not None:
             item = self._load(protocol, path)
         if self.root is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._record_path(protocol, path).unlink()
+            self._unlink(record_name(protocol, path))
         return item[0] if item else None
 
     def known_paths(self, protocol: str) -> Iterator[str]:
@@ -143,20 +277,62 @@ class MetadataCache:
             if proto == protocol:
                 yield path
 
-    def _record_path(self, protocol: str, path: str) -> Path:
+    @contextlib.contextmanager
+    def _dir(self) -> Iterator[int | None]:
+        """Open the records' directory, never through a symlink."""
         assert self.root is not None
-        name = hashlib.blake2b(f"{protocol}\0{path}".encode(), digest_size=20)
-        return self.root / f"{name.hexdigest()}.json"
+        try:
+            dfd = open_dir(self.root)
+        except OSError as exc:
+            if not self._unusable_logged:
+                self._unusable_logged = True
+                log.warning(
+                    "cachefs: version records in %s are not used: %s",
+                    self.root,
+                    exc.strerror or exc,
+                )
+            yield None
+            return
+        try:
+            yield dfd
+        finally:
+            os.close(dfd)
+
+    def _unlink(self, name: str) -> None:
+        with self._dir() as dfd:
+            if dfd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dfd)
 
     def _load(self, protocol: str, path: str) -> tuple[FileVersion, float] | None:
-        try:
-            record = json.loads(self._record_path(protocol, path).read_text())
-            version = FileVersion(
-                record["protocol"], record["path"], int(record["size"]), record["token"]
-            )
-            stamp = float(record["fetched"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if version.protocol != protocol or version.path != path:
-            return None  # a digest collision or a foreign file: not ours
-        return version, stamp
+        name = record_name(protocol, path)
+        with self._dir() as dfd:
+            if dfd is None:
+                return None
+            try:
+                fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                why = f"cannot be opened ({exc.strerror})"
+            else:
+                with os.fdopen(fd, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    raw = fh.read(_MAX_RECORD + 1)
+                why = self._check(raw, st, protocol, path)
+                if not why:
+                    return decode_record(raw)
+        log.warning(
+            "cachefs: dropping version record %s/%s: it %s; learning it again",
+            self.root,
+            name,
+            why,
+        )
+        self._unlink(name)
+        return None
+
+    def _check(self, raw: bytes, st: os.stat_result, protocol: str, path: str) -> str:
+        """Return why a record of ``protocol``/``path`` is damaged, or ``""``."""
+        return record_damage(
+            raw, st, record_name(protocol, path), trust=self.trust_cache_dir
+        )

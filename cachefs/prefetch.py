@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import CancelledError
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,8 @@ class PrefetchHandle:
         self.failed: list[tuple[str, BaseException]] = []
         self._keys: list[ChunkKey] = []
         self._future: ThreadFuture[None] | asyncio.Task[None] | None = None
+        #: Fetches in flight per path, oldest path first.
+        self._pending: dict[str, int] = {}
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -300,18 +303,37 @@ class PrefetchHandle:
         """Whether the prefetch has finished (or was cancelled)."""
         return self._future is not None and self._future.done()
 
+    @property
+    def waiting_on(self) -> str | None:
+        """The path whose bytes have waited longest, or ``None``.
+
+        For a caller that says what it is waiting for (``cachefs warm``);
+        safe to read from any thread.
+        """
+        paths = list(self._pending)  # one atomic copy: the loop mutates it
+        return paths[0] if paths else None
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until finished; return False on timeout.
 
-        Never raises a fetch error: see :attr:`failed`.
+        Never raises a fetch error: see :attr:`failed`. An interrupt of the
+        waiting thread (``KeyboardInterrupt``, ``SystemExit``) cancels the
+        prefetch and propagates.
         """
         assert isinstance(self._future, ThreadFuture)
         try:
             self._future.result(timeout)
         except TimeoutError:
             return False
-        except BaseException:  # cancelled: finished all the same
+        except (CancelledError, asyncio.CancelledError):  # cancel() or close()
             return True
+        except Exception:  # a failed run: its items are in ``failed``
+            return True
+        except BaseException:
+            # Ctrl-C while waiting: stop fetching on the way out, never
+            # swallow the interrupt.
+            self.cancel()
+            raise
         return True
 
     def cancel(self) -> None:
@@ -381,6 +403,7 @@ class PrefetchHandle:
                     look_up(ahead)
                 path = _item_path(item)
                 start, end = (None, None) if isinstance(item, str) else item[1:]
+                self._pending.setdefault(path, 0)  # its version, maybe
                 try:
                     version = await self._version_of(
                         path, i, resolving, (start, end), group
@@ -390,6 +413,9 @@ class PrefetchHandle:
                 except Exception as exc:
                     self._fail(path, exc)
                     continue
+                finally:
+                    if not self._pending.get(path):
+                        self._pending.pop(path, None)
                 lo, hi = fs._clip(version.size, start, end)
                 seen["files"] += 1
                 seen["bytes"] += version.size
@@ -410,6 +436,7 @@ class PrefetchHandle:
                     )
                     for key, fut in futures.items():
                         nbytes = min(hi, key.stop) - max(lo, key.start)
+                        self._pending[path] = self._pending.get(path, 0) + 1
                         fut.add_done_callback(self._counter(path, nbytes))
                     if futures:
                         batch_done = asyncio.gather(
@@ -422,6 +449,7 @@ class PrefetchHandle:
             while in_flight:
                 await in_flight.popleft()
         finally:
+            self._pending.clear()
             for task in resolving.values():
                 task.cancel()
             for waiter in in_flight:
@@ -476,6 +504,11 @@ class PrefetchHandle:
 
     def _counter(self, path: str, nbytes: int) -> Any:
         def count(fut: asyncio.Future[memoryview]) -> None:
+            left = self._pending.get(path, 0) - 1
+            if left > 0:
+                self._pending[path] = left
+            else:
+                self._pending.pop(path, None)
             if fut.cancelled():
                 return
             exc = fut.exception()

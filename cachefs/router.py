@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.errors import OriginResponseError, ShortReadError
 from cachefs.fetch import Fetcher
 from cachefs.prefetch import Staging
 from cachefs.tiers.disk import DiskTier, StripeLock
@@ -362,13 +363,19 @@ class ChunkRouter:
             if self.staging is not None and not isinstance(exc, asyncio.CancelledError):
                 self.staging.stats.failed += sum(k in self._prefetching for k in run)
             self._fail(run, exc)
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, Exception):  # cancelled, interrupted, exiting
                 raise
         finally:
             for lock in held:
                 lock.release()
             for key in run:
-                self._inflight.pop(key, None)
+                fut = self._inflight.pop(key, None)
+                if fut is not None and not fut.done():
+                    # Every fetch ends delivered or failed: never a reader
+                    # left waiting on a future nobody will resolve.
+                    fut.set_exception(
+                        ShortReadError(f"cachefs: the fetch of {key} ended empty")
+                    )
                 if key in self._prefetching:
                     self._prefetching.discard(key)
                     # A prefetch that was never staged gives its budget back.
@@ -436,8 +443,17 @@ class ChunkRouter:
                 last.stop,
                 first.chunk_size,
                 token=first.version.token,
+                size=first.version.size,
                 on_piece=on_piece,
             )
+            if len(got) < len(keys):
+                # The stream ended early without saying why: fail the rest
+                # rather than leave their readers waiting.
+                raise ShortReadError(
+                    f"{first.version.path}: the origin ended the read of bytes "
+                    f"{first.start}-{last.stop - 1} after {len(got)} of "
+                    f"{len(keys)} chunks"
+                )
         finally:
             if got:
                 self.stats.fills += len(got)
@@ -556,6 +572,15 @@ class ChunkRouter:
                     on_info=on_info,
                     on_piece=on_piece,
                 )
+                if not learned.done():
+                    raise OriginResponseError(
+                        f"{path}: the origin's answer gave no size nor version"
+                    )
+                if len(got) < len(mine):
+                    raise ShortReadError(
+                        f"{path}: the origin ended the read of bytes "
+                        f"{start}-{stop - 1} after {len(got)} of {len(mine)} chunks"
+                    )
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 if not learned.done():
@@ -566,7 +591,7 @@ class ChunkRouter:
                     keys = mine.values()
                     staging.stats.failed += sum(k in self._prefetching for k in keys)
                 self._fail(mine.values(), exc)
-                if isinstance(exc, asyncio.CancelledError):
+                if not isinstance(exc, Exception):  # cancelled, interrupted, ...
                     raise
             finally:
                 try:
@@ -576,7 +601,11 @@ class ChunkRouter:
                         await self._store_items(got, publish=self.shared is not None)
                 finally:
                     for key in mine.values():
-                        self._inflight.pop(key, None)
+                        fut = self._inflight.pop(key, None)
+                        if fut is not None and not fut.done():
+                            fut.set_exception(
+                                ShortReadError(f"cachefs: the fetch of {key} ended")
+                            )
                         if key in self._prefetching and self.staging is not None:
                             self._prefetching.discard(key)
                             self.staging.unreserve(key.length)
@@ -622,10 +651,10 @@ class ChunkRouter:
         for key in keys:
             fut = self._inflight.get(key)
             if fut is not None and not fut.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    fut.cancel()
-                else:
+                if isinstance(exc, Exception):
                     fut.set_exception(exc)
+                else:  # cancelled or interrupted: the fetch's readers see a cancel
+                    fut.cancel()
 
     def _resolve(self, key: ChunkKey, view: memoryview) -> None:
         fut = self._inflight.get(key)

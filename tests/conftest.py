@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ def origin(shard_files: dict[str, bytes]) -> Iterator[HTTPOrigin]:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a ``cachefs`` subprocess: no user fsspec config/cache."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC")}
+    home = tmp_path / "home"
+    home.mkdir()
+    clean.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        FSSPEC_CONFIG_DIR=str(tmp_path / "fsspec-config"),
+    )
+    return clean
+
+
+@pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
@@ -47,3 +62,25 @@ def make_fs(cache_dir: Path) -> Callable[..., CacheFileSystem]:
         return CacheFileSystem(**options)
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=None,
+        help="seconds of reading in tests/test_soak.py "
+        "(default $CACHEFS_SOAK_SECONDS or 45)",
+    )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # A longer soak gets a longer timeout than the suite's.
+    given = config.getoption("--soak-seconds")
+    if given is None:
+        return
+    for item in items:
+        if item.path.name == "test_soak.py":
+            item.add_marker(pytest.mark.timeout(float(given) + 120))

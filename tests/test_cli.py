@@ -38,20 +38,6 @@ def _command() -> list[str]:
 CACHEFS = _command()
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """An environment without the user's fsspec config or cache."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC")}
-    home = tmp_path / "home"
-    home.mkdir()
-    clean.update(
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        FSSPEC_CONFIG_DIR=str(tmp_path / "fsspec-config"),
-    )
-    return clean
-
-
 def run(
     env: dict[str, str], *args: str, timeout: float = 60, **kw: Any
 ) -> subprocess.CompletedProcess[str]:

@@ -497,3 +497,35 @@ print("ok")
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_braces_nest_step_and_pad_as_bash_does(fs, ds_origin, urls):
+    base = ds_origin.url + "/ds/shard-"
+    # Nested lists: each shard once (it read shard 0000 twice).
+    nested = ShardDataset(base + "{0000,{0001,0002}}.tar", fs, shuffle=False)
+    assert nested.urls == urls[:3]
+    assert expand_urls(base + "{{0000..0001},000{3,5}}.tar", fs) == [
+        urls[0],
+        urls[1],
+        urls[3],
+        urls[5],
+    ]
+    # Steps, with the zero padding of the bounds.
+    assert expand_urls(base + "{0000..0006..2}.tar", fs) == urls[::2]
+    assert expand_urls(base + "000{6..0..3}.tar", fs) == [urls[6], urls[3], urls[0]]
+    assert expand_urls("s-{08..11}.tar", fs) == [
+        "s-08.tar",
+        "s-09.tar",
+        "s-10.tar",
+        "s-11.tar",
+    ]
+    assert expand_urls("s-{0..10..5}-{a,b}", fs) == [
+        "s-0-a",
+        "s-0-b",
+        "s-5-a",
+        "s-5-b",
+        "s-10-a",
+        "s-10-b",
+    ]
+    with pytest.raises(ValueError, match="unbalanced braces"):
+        expand_urls(base + "{0000,0001.tar", fs)

@@ -8,6 +8,7 @@ private user+mount namespace (skipped where the kernel does not allow one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -546,3 +547,49 @@ def test_a_forked_child_does_not_keep_the_parents_locks(tmp_path):
         os.write(write_end, b"x")
         os.close(write_end)
         os.waitpid(pid, 0)
+
+
+# Runs inside a private mount namespace whose cache_dir is a tiny tmpfs: fills
+# it (ENOSPC), then remounts it read-only (EROFS).
+REFUSAL_CHILD = r"""
+import errno, json, logging, subprocess, sys, warnings
+from cachefs.chunks import FileVersion
+from cachefs.policy import make_policy
+from cachefs.tiers.disk import DiskTier
+
+mnt = sys.argv[1]
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("cachefs").addHandler(Keep())
+logging.getLogger("cachefs").setLevel(logging.WARNING)
+warnings.simplefilter("ignore")
+tier = DiskTier(mnt + "/cache", 1 << 30, make_policy("lru"))
+version = FileVersion("http", "/refused", 1 << 30, "t")
+out = {"stored": 0}
+for i in range(64):  # 4 MiB into a 1 MiB tmpfs
+    out["stored"] += tier.put(version.key(65536, i), bytes(65536))
+out["full"] = [tier.last_refusal.errno, tier.stats.rejected]
+subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+for i in range(64, 68):
+    tier.put(version.key(65536, i), bytes(65536))
+out["readonly"] = tier.last_refusal.errno
+out["logged"] = records
+print(json.dumps(out))
+"""
+
+
+def test_refused_writes_are_logged_once_per_errno(tiny_tmpfs, tmp_path):
+    mnt = tmp_path / "mnt"
+    run = tiny_tmpfs("size=1m", [sys.executable, "-c", REFUSAL_CHILD, str(mnt)])
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert 0 < report["stored"] < 64
+    assert report["full"][0] == errno.ENOSPC
+    assert report["full"][1] == 64 - report["stored"]
+    assert report["readonly"] == errno.EROFS
+    refused = [m for m in report["logged"] if "refused a chunk write" in m]
+    assert len(refused) == 2, report["logged"]  # once per cause, not per chunk
+    assert f"errno {errno.ENOSPC}" in refused[0]
+    assert f"errno {errno.EROFS}" in refused[1]

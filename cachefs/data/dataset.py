@@ -24,6 +24,7 @@ from multiprocessing.context import get_spawning_popen
 from typing import Any, Literal
 
 import fsspec
+from braceexpand import braceexpand
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import get_protocol
 
@@ -43,8 +44,6 @@ except ImportError:  # pragma: no cover - exercised in a subprocess test
     _Base = object
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 _INDEX_THREADS = 16
 
 Decode = Callable[[Sample], Any] | Literal["bytes"] | None
@@ -62,21 +61,16 @@ def to_bytes(sample: Sample) -> Sample:
 
 
 def _braces(pattern: str) -> list[str]:
-    """Expand ``{a,b}`` lists and zero-padded ``{000..015}`` ranges."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    body = match.group(1)
-    numbers = _RANGE.match(body)
-    if numbers:
-        lo, hi = numbers.groups()
-        width = len(lo) if lo.startswith("0") else 0
-        step = 1 if int(hi) >= int(lo) else -1
-        options = [f"{i:0{width}d}" for i in range(int(lo), int(hi) + step, step)]
-    else:
-        options = body.split(",")
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [out for opt in options for out in _braces(head + opt + tail)]
+    """Expand braces as bash and webdataset do (:mod:`braceexpand`).
+
+    Lists (``{a,b}``), nested lists (``{0000,{0001,0002}}``), ranges with
+    their zero padding (``{000..015}``), steps (``{0..10..2}``) and
+    descending ranges (``{9..0}``); a backslash makes a brace literal.
+    """
+    try:
+        return list(braceexpand(pattern))
+    except ValueError as exc:  # braceexpand.UnbalancedBracesError
+        raise ValueError(f"urls={pattern!r} has unbalanced braces") from exc
 
 
 def _is_glob(url: str) -> bool:
@@ -90,7 +84,8 @@ def _is_glob(url: str) -> bool:
 def expand_urls(urls: str | Sequence[str], fs: AbstractFileSystem) -> list[str]:
     """Turn a URL, a brace pattern, a glob or a list of URLs into shard URLs.
 
-    A string is brace-expanded (``shard-{0000..0099}.tar``, ``{a,b}``) and
+    A string is brace-expanded as bash does (``shard-{0000..0099}.tar``,
+    ``{a,b}``, nested lists, ``{0..10..2}`` steps) and
     each glob (``*``, ``?``, ``[``; only ``*`` in an http(s) URL) is matched
     with ``fs.glob`` (sorted). A list is taken as it is.
 
@@ -98,6 +93,8 @@ def expand_urls(urls: str | Sequence[str], fs: AbstractFileSystem) -> list[str]:
     ------
     FileNotFoundError
         When a glob matches nothing.
+    ValueError
+        When the braces are unbalanced.
     """
     if isinstance(urls, str):
         out: list[str] = []

@@ -8,9 +8,20 @@ Layout under the tier's root (created 0700)::
     usage                     the node-wide byte counter (flock-guarded)
 
 A chunk file becomes visible only complete (written under ``tmp/``, then
-hard-linked into place), carries a CRC32C of its payload and is verified the
-first time a process maps it; a damaged file is removed and counted, never
-served. Hits are ``mmap`` slices: no copy, no system call after the first.
+hard-linked into place), carries a CRC32C bound to its key and is verified
+the first time a process maps it; a damaged file is removed and counted,
+never served. Hits are ``mmap`` slices: no copy, no system call after the
+first.
+
+Every file operation goes through a directory descriptor opened without
+following symlinks, so nothing outside the cache directory is read, written
+or removed. The directory and its subdirectories must be the user's own and
+writable by no one else, and chunk files must be the user's; otherwise the
+tier refuses them unless built with ``trust_cache_dir=True``.
+
+Each mapping holds a file descriptor (CPython's ``mmap`` duplicates it), so
+the maps a process keeps are bounded process-wide, well under its
+``RLIMIT_NOFILE``; past the bound a hit is read with ``pread`` instead.
 
 With a numcodecs codec, chunks that compress are stored compressed and the
 codec's JSON config is recorded in the file, so a cache written with one
@@ -26,13 +37,17 @@ import hashlib
 import logging
 import mmap
 import os
+import re
+import resource
 import secrets
+import shutil
 import stat
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +59,18 @@ from cachefs.tiers.record import CHUNK_HEADER, RecordCodec
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["CHUNK_HEADER", "DiskTier", "StripeLock"]  # CHUNK_HEADER: re-export
+__all__ = [
+    "CHUNK_HEADER",  # re-export
+    "DiskTier",
+    "StripeLock",
+    "check_dir",
+    "is_chunk_name",
+    "map_limit",
+    "open_dir",
+    "parse_flag",
+    "remove_below",
+    "secure_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +79,177 @@ _LOW_WATERMARK = 0.95
 # A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
 _TOUCH_INTERVAL = 5.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+_DIGEST_RE = re.compile(r"[0-9a-f]{40}")
+_TRUST_HINT = "or pass trust_cache_dir=True (--trust-cache-dir) if you mean it"
 
 
-def _secure_dir(path: Path) -> None:
-    """Create ``path`` owner-only, refusing a symlink in its place."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
-    st = os.lstat(path)
+# -- directories the cache owns ------------------------------------------------
+
+
+def parse_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a bool (``True``, ``"yes"``, ``1``, ...).
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a boolean or a boolean word; names ``name``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"{name}={value!r} is not a boolean (true or false)")
+
+
+def check_dir(path: Path, st: os.stat_result, *, trust: bool) -> None:
+    """Refuse ``path`` (lstat ``st``) as a cache directory unless it is safe.
+
+    Safe means a plain directory (not a symlink), owned by this user and
+    writable by no one else. With ``trust``, only the first is required.
+
+    Raises
+    ------
+    NotADirectoryError
+        For a symlink or anything but a directory.
+    PermissionError
+        For a directory another user owns, or one group or others can write;
+        the message names the path and the fix.
+    """
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(
             f"cache_dir {str(path)!r} is not a plain directory (symlink refused)"
         )
+    if trust:
+        return
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise PermissionError(
+            f"cache_dir {str(path)!r} is owned by uid {st.st_uid}, not by you "
+            f"(uid {uid}): records planted there would be served. Use a "
+            f"directory of your own, or `chown -R {uid} {path}`, {_TRUST_HINT}"
+        )
+    if st.st_mode & 0o022:
+        raise PermissionError(
+            f"cache_dir {str(path)!r} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): records planted there would be "
+            f"served. Run `chmod 700 {path}`, {_TRUST_HINT}"
+        )
 
+
+def secure_dir(path: Path, *, trust: bool = False) -> None:
+    """Create ``path`` owner-only if missing, then :func:`check_dir` it."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    check_dir(path, os.lstat(path), trust=trust)
+
+
+def open_dir(path: Path | str, dir_fd: int | None = None) -> int:
+    """Open a directory for ``*at`` calls, refusing a symlink in its place."""
+    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def remove_below(base: Path, parts: Sequence[str]) -> bool:
+    """Remove ``base/parts...`` without following a symlink below ``base``.
+
+    A symlink is removed itself, never its target; a directory is removed
+    with everything in it (``shutil.rmtree`` on a descriptor, which follows
+    no symlink either). Returns whether anything was removed.
+    """
+    if not parts:
+        raise ValueError("remove_below needs a path below base")
+    try:
+        fd = open_dir(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = open_dir(part, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            os.close(fd)
+            fd = inner
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def is_chunk_name(shard: str, name: str) -> bool:
+    """Whether ``chunks/<shard>/<name>`` is where a chunk file may live."""
+    return _DIGEST_RE.fullmatch(name) is not None and name[:2] == shard
+
+
+# -- descriptors held by maps --------------------------------------------------
+
+
+def map_limit() -> int:
+    """Return how many chunk maps this process keeps at most.
+
+    A quarter of the soft ``RLIMIT_NOFILE``, at most 256 and at least 4:
+    every map holds a descriptor, and the rest of the process needs its own.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 256
+    return max(4, min(256, soft // 4))
+
+
+class _MapCount:
+    """The live chunk maps of this process, across every disk tier.
+
+    A map is live from its creation until its ``mmap`` object is freed: when
+    neither a tier nor a consumer's memoryview holds it. A map a consumer
+    still holds cannot be closed (it has exported buffers) and keeps its
+    descriptor; it is counted until then, so the bound holds whatever
+    consumers keep.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+        self._lock = threading.RLock()  # a free can happen under it
+        self.tiers: weakref.WeakSet[DiskTier] = weakref.WeakSet()
+
+    def opened(self, mapped: mmap.mmap) -> None:
+        with self._lock:
+            self.live += 1
+        weakref.finalize(mapped, self._freed)
+
+    def _freed(self) -> None:
+        with self._lock:
+            self.live -= 1
+
+    def make_room(self, tier: DiskTier, limit: int) -> bool:
+        """Drop the oldest maps held by tiers until one more fits."""
+        if self.live < limit:
+            return True
+        for owner in [tier, *(t for t in list(self.tiers) if t is not tier)]:
+            while self.live >= limit and owner._unmap_oldest():
+                pass
+            if self.live < limit:
+                return True
+        return False
+
+
+_MAPS = _MapCount()
+
+
+# -- cross-process locks --------------------------------------------------------
 
 _UNLOCKED_WARNED = False
 
@@ -120,7 +305,16 @@ class StripeLock:
         chunk may then be fetched twice, but the reader is not failed.
         """
         try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+            dfd = open_dir(self._path.parent)
+            try:
+                fd = os.open(
+                    self._path.name,
+                    os.O_RDWR | os.O_CREAT | _NOFOLLOW,
+                    0o600,
+                    dir_fd=dfd,
+                )
+            finally:
+                os.close(dfd)
         except OSError as exc:
             _warn_unlocked(self._path, exc)
             return True
@@ -158,9 +352,20 @@ class DiskTier:
     policy
         Eviction policy; ranks the scanned entries when over budget.
     max_maps
-        How many chunk mappings this process keeps open.
+        How many chunk mappings this tier keeps open at most; the process as
+        a whole keeps at most :func:`map_limit` across all tiers.
     codec
         A numcodecs codec to compress chunks with, or ``None``.
+    trust_cache_dir
+        Use ``root`` even if another user owns it or others can write it,
+        and serve chunk files another user owns. Off by default: such a
+        directory is refused with ``PermissionError``.
+
+    Attributes
+    ----------
+    last_refusal
+        The latest ``OSError`` a chunk write met (read-only directory, full
+        disk, ...), or ``None``: the chunk was not stored and reads went on.
     """
 
     name = "disk"
@@ -173,6 +378,7 @@ class DiskTier:
         *,
         max_maps: int = 1024,
         codec: Any = None,
+        trust_cache_dir: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.limit = limit
@@ -180,9 +386,11 @@ class DiskTier:
         self.stats = TierStats()
         self.max_maps = max_maps
         self.codec = codec
+        self.trust_cache_dir = trust_cache_dir
+        self.last_refusal: OSError | None = None
         self._records = RecordCodec(codec)
         for sub in ("", "chunks", "tmp", "locks"):
-            _secure_dir(self.root / sub if sub else self.root)
+            secure_dir(self.root / sub if sub else self.root, trust=trust_cache_dir)
         self._chunks = self.root / "chunks"
         self._tmp = self.root / "tmp"
         self._locks = self.root / "locks"
@@ -190,6 +398,9 @@ class DiskTier:
         self._maps: OrderedDict[str, tuple[memoryview, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._full_warned = False
+        self._refusals_logged: set[int | None] = set()
+        self._uid = os.geteuid()
+        _MAPS.tiers.add(self)
         self._clean_tmp()
 
     # -- reads ---------------------------------------------------------------
@@ -199,7 +410,14 @@ class DiskTier:
         return self._chunks / digest[:2] / digest
 
     def get(self, key: ChunkKey) -> memoryview | None:
-        """Return a view of the chunk's payload, or ``None``."""
+        """Return a view of the chunk's payload, or ``None``.
+
+        Raises
+        ------
+        PermissionError
+            If the chunk's file belongs to another user (see
+            ``trust_cache_dir``).
+        """
         digest = key.digest
         entry = self._maps.get(digest)
         if entry is not None:
@@ -248,28 +466,41 @@ class DiskTier:
         outside the cache directory is ever read, written or removed. A
         symlink or stray file in a shard's place is replaced when ``create``.
         """
-        shard = self._chunks / digest[:2]
-        flags = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
         try:
-            dfd = os.open(shard, flags)
-        except FileNotFoundError:
-            if not create:
-                yield None
-                return
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(shard, 0o700)
-            dfd = os.open(shard, flags)
+            cfd = open_dir(self._chunks)
         except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            if create:
                 raise
-            log.warning("cachefs: %s is not a directory; replacing it", shard)
-            if not create:
-                yield None
-                return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(shard)
-            os.mkdir(shard, 0o700)
-            dfd = os.open(shard, flags)
+            if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                raise
+            yield None
+            return
+        try:
+            shard = digest[:2]
+            try:
+                dfd = open_dir(shard, dir_fd=cfd)
+            except FileNotFoundError:
+                if not create:
+                    yield None
+                    return
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(shard, 0o700, dir_fd=cfd)
+                dfd = open_dir(shard, dir_fd=cfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                log.warning(
+                    "cachefs: %s is not a directory; replacing it", self._chunks / shard
+                )
+                if not create:
+                    yield None
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(shard, dir_fd=cfd)
+                os.mkdir(shard, 0o700, dir_fd=cfd)
+                dfd = open_dir(shard, dir_fd=cfd)
+        finally:
+            os.close(cfd)
         try:
             yield dfd
         finally:
@@ -288,39 +519,68 @@ class DiskTier:
                     self._drop_damaged(digest, "is a symlink")
                 return None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._drop_damaged(digest, "is not a regular file")
+                return None
+            if st.st_uid != self._uid and not self.trust_cache_dir:
+                raise PermissionError(
+                    f"cachefs: chunk file {str(self.path_for(digest))!r} is owned by "
+                    f"uid {st.st_uid}, not by you (uid {self._uid}), so it may be "
+                    f"planted. Remove the cache directory {str(self.root)!r} or "
+                    f"`chown -R {self._uid}` it, {_TRUST_HINT}"
+                )
+            size = st.st_size
             if size < CHUNK_HEADER.size:
                 self._drop_damaged(digest, "is truncated")
                 return None
-            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            limit = min(self.max_maps, map_limit())
+            mapped: mmap.mmap | None = None
+            if _MAPS.make_room(self, limit):
+                mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                _MAPS.opened(mapped)
+                view = memoryview(mapped)
+            else:
+                # Consumers hold every map we may keep: read a copy, keep no
+                # descriptor.
+                view = memoryview(_pread_all(fd, size))
         finally:
             os.close(fd)
-        view = memoryview(mapped)
-        record = RecordCodec.parse(view, expected)
+        record, why = RecordCodec.check(view, expected, digest)
         chunk: memoryview | None = None
+        raw = False
         if record is not None:
-            if not record.compressed:
-                chunk = record.payload
-            else:
+            if record.compressed:
                 chunk = self._records.decode(record, expected)
                 record.payload.release()  # decoded bytes need no mapping
-                record = None
+                if chunk is None:
+                    why = "does not decompress to its length"
+            else:
+                chunk, raw = record.payload, True
+        record = None
         now = time.monotonic()
-        if chunk is None or record is None:
+        if mapped is not None and not raw:
             view.release()
             mapped.close()
-            if chunk is None:
-                self._drop_damaged(digest, "failed its checksum")
-            else:
-                self._touch(digest, now)
-            return chunk
+        if chunk is None:
+            self._drop_damaged(digest, why)
+            return None
         self._touch(digest, now)
-        with self._lock:
-            self._maps[digest] = (chunk, now)
-            while len(self._maps) > self.max_maps:
-                # The mapping closes once no consumer holds a view of it.
-                self._maps.popitem(last=False)
+        if raw and mapped is not None:
+            with self._lock:
+                self._maps[digest] = (chunk, now)
+                while len(self._maps) > limit:
+                    # The mapping closes once no consumer holds a view of it.
+                    self._maps.popitem(last=False)
         return chunk
+
+    def _unmap_oldest(self) -> bool:
+        """Drop this tier's least recently used map; whether one was held."""
+        with self._lock:
+            if not self._maps:
+                return False
+            self._maps.popitem(last=False)
+        return True
 
     def _touch(self, digest: str, now: float) -> None:
         with contextlib.suppress(OSError), self._shard(digest, create=False) as dfd:
@@ -350,7 +610,10 @@ class DiskTier:
                 return False
             try:
                 st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
-                os.unlink(digest, dir_fd=dfd)
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(digest, dir_fd=dfd)
+                else:
+                    os.unlink(digest, dir_fd=dfd)
             except FileNotFoundError:
                 return False
             if stat.S_ISREG(st.st_mode):
@@ -362,34 +625,58 @@ class DiskTier:
     def put(self, key: ChunkKey, data: Buffer) -> bool:
         """Write the chunk atomically; return whether it is now stored.
 
-        A full disk is not an error for the reader: the chunk is not stored,
-        a warning is issued once, and reads go on from the origin.
+        A write the disk refuses (full, read-only, no permission) is not an
+        error for the reader: the chunk is not stored, the refusal is kept in
+        :attr:`last_refusal`, logged once per errno (and a full disk warned
+        about once), and reads go on from the origin.
         """
         length = memoryview(data).nbytes
-        head, payload = self._records.encode(memoryview(data).cast("B"))
+        digest = key.digest
+        head, payload = self._records.encode(memoryview(data).cast("B"), digest)
         size = len(head) + payload.nbytes
         if not self.policy.admit(size, self.usage(), self.limit):
             self.stats.rejected += 1
             return False
-        digest = key.digest
-        tmp = self._tmp / f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            self._write_new(tmp, head, payload)
-            published = self._publish(tmp, digest, size)
+            tfd = open_dir(self._tmp)
         except OSError as exc:
-            self.stats.rejected += 1
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._warn_full(exc)
-                return False
-            raise
+            self._refused(exc)
+            return False
+        try:
+            self._write_new(tfd, tmp, head, payload)
+            published = self._publish(tfd, tmp, digest, size)
+        except OSError as exc:
+            self._refused(exc)
+            return False
         finally:
-            self._unlink_quietly(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=tfd)
+            os.close(tfd)
         if published:
             self.stats.puts += 1
             self.stats.put_bytes += length
         return True
 
-    def _publish(self, tmp: Path, digest: str, size: int) -> bool:
+    def _refused(self, exc: OSError) -> None:
+        """Count and report a write the disk refused."""
+        self.stats.rejected += 1
+        self.last_refusal = exc
+        if exc.errno not in self._refusals_logged:
+            self._refusals_logged.add(exc.errno)
+            name = errno.errorcode.get(exc.errno or 0, "?")
+            log.warning(
+                "cachefs: cache_dir %s refused a chunk write: %s (errno %s %s); "
+                "reading on without caching those chunks",
+                self.root,
+                exc.strerror or exc,
+                exc.errno,
+                name,
+            )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._warn_full(exc)
+
+    def _publish(self, tfd: int, tmp: str, digest: str, size: int) -> bool:
         """Link ``tmp`` into place and count it, in one locked step.
 
         ``link`` publishes only if absent, so a concurrent writer of the same
@@ -399,13 +686,20 @@ class DiskTier:
         with self._usage_locked() as ufd, self._shard(digest, create=True) as dfd:
             assert dfd is not None
             try:
-                os.link(tmp, digest, dst_dir_fd=dfd, follow_symlinks=False)
+                os.link(
+                    tmp, digest, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False
+                )
             except FileExistsError:
                 st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
                     return False
-                os.unlink(digest, dir_fd=dfd)  # not ours: a planted link
-                os.link(tmp, digest, dst_dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):  # not ours: a planted directory
+                    shutil.rmtree(digest, dir_fd=dfd)
+                else:  # not ours: a planted link
+                    os.unlink(digest, dir_fd=dfd)
+                os.link(
+                    tmp, digest, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False
+                )
             counted = os.pread(ufd, 8, 0)
             if len(counted) == 8:
                 usage = int.from_bytes(counted, "little") + size
@@ -416,9 +710,10 @@ class DiskTier:
             self._write_usage(ufd, usage)
         return True
 
-    def _write_new(self, path: Path, header: bytes, payload: memoryview) -> None:
+    @staticmethod
+    def _write_new(dfd: int, name: str, header: bytes, payload: memoryview) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(name, flags, 0o600, dir_fd=dfd)
         try:
             todo = [memoryview(header), payload]
             while todo:
@@ -438,7 +733,7 @@ class DiskTier:
                 f"cachefs: cache_dir {str(self.root)!r} is full ({exc.strerror}); "
                 "reading on without caching to it",
                 ResourceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def discard(self, key: ChunkKey) -> None:
@@ -446,12 +741,22 @@ class DiskTier:
         self.remove(key.digest)
 
     def clear(self) -> None:
-        """Remove every chunk file (other processes simply refetch)."""
+        """Remove everything under ``chunks/`` (other processes simply refetch).
+
+        Stray files and directories go too; symlinks are removed, never
+        followed.
+        """
         with self._lock:
             self._maps.clear()
         with self._usage_locked() as fd:
-            for entry in self._scan():
-                self._unlink_chunk(entry.name)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                cfd = open_dir(self._chunks)
+                try:
+                    for name in os.listdir(cfd):
+                        with contextlib.suppress(FileNotFoundError):
+                            remove_below(self._chunks, [name])
+                finally:
+                    os.close(cfd)
             self._write_usage(fd, 0)
 
     # -- budget --------------------------------------------------------------
@@ -459,16 +764,32 @@ class DiskTier:
     def usage(self) -> int:
         """Return the node-wide bytes this directory holds (from the counter)."""
         try:
-            with open(self._usage_path, "rb") as fh:
-                raw = fh.read(8)
-        except FileNotFoundError:
+            fd = os.open(self._usage_path, os.O_RDONLY | _NOFOLLOW)
+        except OSError:
             return 0
-        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+        try:
+            return self._read_usage(fd)
+        finally:
+            os.close(fd)
+
+    def recount(self) -> tuple[int, int]:
+        """Set the usage counter to the bytes the chunk files hold.
+
+        Returns the counter's value before and after. Done under the usage
+        lock, so it is exact while other processes publish and evict.
+        """
+        with self._usage_locked() as fd:
+            raw = os.pread(fd, 8, 0)
+            before = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            after = sum(e.size for e in self._scan())
+            self._write_usage(fd, after)
+        return before, after
 
     def __len__(self) -> int:
         return sum(1 for _ in self._scan())
 
-    def _read_usage(self, fd: int) -> int:
+    @staticmethod
+    def _read_usage(fd: int) -> int:
         raw = os.pread(fd, 8, 0)
         return int.from_bytes(raw, "little") if len(raw) == 8 else 0
 
@@ -506,20 +827,41 @@ class DiskTier:
         return usage
 
     def _scan(self) -> Iterator[DiskEntry]:
+        """Yield the chunk files: the budget counts these and nothing else.
+
+        Anything else under ``chunks/`` (a misplaced or oddly named file, a
+        symlink, a directory) is a stray: not counted, never a chunk, and
+        removed by ``cachefs verify --repair`` and ``clear``.
+        """
         try:
-            shards = list(os.scandir(self._chunks))
-        except FileNotFoundError:
+            cfd = open_dir(self._chunks)
+        except OSError:
             return
-        for shard in shards:
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            with contextlib.suppress(FileNotFoundError), os.scandir(shard) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    yield DiskEntry(entry.name, st.st_size, st.st_mtime)
+        try:
+            shards = os.listdir(cfd)
+            for shard in shards:
+                if len(shard) != 2:
+                    continue
+                try:
+                    dfd = open_dir(shard, dir_fd=cfd)
+                except OSError:
+                    continue  # gone, or not a directory: a stray
+                try:
+                    with os.scandir(dfd) as it:
+                        entries = list(it)
+                    for entry in entries:
+                        if not is_chunk_name(shard, entry.name):
+                            continue
+                        try:
+                            st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISREG(st.st_mode):
+                            yield DiskEntry(entry.name, st.st_size, st.st_mtime)
+                finally:
+                    os.close(dfd)
+        finally:
+            os.close(cfd)
 
     def _unlink_chunk(self, digest: str) -> bool:
         with self._shard(digest, create=False) as dfd:
@@ -552,26 +894,35 @@ class DiskTier:
         """Replace the lock, which another thread may have held at fork."""
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _unlink_quietly(path: Path) -> bool:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        return True
-
     def _clean_tmp(self) -> None:
         """Remove temporary files left by processes that died mid-write."""
         try:
-            names = os.listdir(self._tmp)
-        except FileNotFoundError:
+            tfd = open_dir(self._tmp)
+        except OSError:
             return
-        for name in names:
-            parts = name.split(".")
-            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-                continue
-            self._unlink_quietly(self._tmp / name)
+        try:
+            for name in os.listdir(tfd):
+                parts = name.split(".")
+                pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+                if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                    continue
+                with contextlib.suppress(OSError):
+                    remove_below(self._tmp, [name])
+        finally:
+            os.close(tfd)
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    """Read ``size`` bytes from ``fd`` at offset 0 (fewer if it shrank)."""
+    parts = []
+    offset = 0
+    while offset < size:
+        piece = os.pread(fd, size - offset, offset)
+        if not piece:
+            break
+        parts.append(piece)
+        offset += len(piece)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 def _pid_alive(pid: int) -> bool:

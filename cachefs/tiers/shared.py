@@ -5,7 +5,8 @@ origin: a directory on a parallel or network filesystem mounted everywhere
 (``file://`` on NFS, Lustre, GPFS, Weka, ...), an S3-compatible store near the
 cluster, or anything else fsspec reaches. Records use the disk tier's format
 (:mod:`cachefs.tiers.record`) and are verified on every read, so a node never
-takes a partial or damaged chunk. Publishing is atomic: a temporary name and
+takes a partial or damaged chunk, a record stored under another chunk's name,
+or one naming a codec outside the allow-list. Publishing is atomic: a temporary name and
 a rename where the engine renames atomically (local and network
 filesystems), else a single PUT under the final, content-addressed key
 (object stores make an object visible only complete). Budget and eviction
@@ -120,7 +121,7 @@ class SharedTier:
             self.stats.errors += 1
             log.warning("cachefs: shared tier read of %s failed: %s", path, exc)
             return None
-        record = RecordCodec.parse(memoryview(data), key.length)
+        record, why = RecordCodec.check(memoryview(data), key.length, key.digest)
         chunk = None
         if record is not None:
             chunk = (
@@ -130,7 +131,8 @@ class SharedTier:
             )
         if chunk is None:
             self.stats.checksum_failures += 1
-            log.warning("cachefs: shared chunk %s failed its checksum", path)
+            why = why or "does not decompress to its length"
+            log.warning("cachefs: dropping shared chunk %s: it %s", path, why)
             await self._remove_quietly(path)
             return None
         self.stats.hits += 1
@@ -139,7 +141,7 @@ class SharedTier:
 
     async def put(self, key: ChunkKey, chunk: memoryview) -> None:
         """Publish ``chunk`` atomically; failures are counted, never raised."""
-        head, payload = self._records.encode(chunk.cast("B"))
+        head, payload = self._records.encode(chunk.cast("B"), key.digest)
         blob = head + payload.tobytes()  # one copy, off the read path
         final = self.path_for(key.digest)
         try:
