@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import (
     cold_shards,
     compression,
+    disk_writes,
     epoch_scan,
     hot_path,
     loader_stall,
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "compression": compression.run,
     "loader_stall": loader_stall.run,
     "s3_cold": s3_cold.run,
+    "disk_writes": disk_writes.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from cachefs.buffers import read_into_buffer
 from cachefs.chunks import version_token
 from cachefs.errors import (
     OriginResponseError,
@@ -395,7 +396,7 @@ class Fetcher:
             read.seen(info)
             hi = read.end()
             while read.pos < hi:
-                data = await _read_exactly(body, read.next_part(hi))
+                data = await read_into_buffer(body.read, read.next_part(hi))
                 self.stats.bytes += len(data)
                 read.deliver(data)
         finally:
@@ -467,12 +468,9 @@ class Fetcher:
             while read.pos < hi:
                 n = read.next_part(hi)
                 try:
-                    data = await r.content.readexactly(n)
-                except asyncio.IncompleteReadError as exc:
-                    raise ShortReadError(
-                        f"origin closed after {len(exc.partial)} of {n} bytes "
-                        f"of {read.what()}"
-                    ) from exc
+                    data = await read_into_buffer(r.content.read, n)
+                except ShortReadError as exc:
+                    raise ShortReadError(f"{exc} of {read.what()}") from exc
                 self.stats.bytes += n
                 read.deliver(data)
 
@@ -574,16 +572,3 @@ def _is_s3(target: AbstractFileSystem) -> bool:
     except ImportError:
         return False
     return isinstance(target, S3FileSystem)
-
-
-async def _read_exactly(body: Any, n: int) -> bytes:
-    """Read exactly ``n`` bytes from an S3 response body."""
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        part = await body.read(n - got)
-        if not part:
-            raise ShortReadError(f"origin closed after {got} of {n} bytes")
-        parts.append(part)
-        got += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)

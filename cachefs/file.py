@@ -285,9 +285,8 @@ class CachedFile(io.RawIOBase):
         held[index] = view
         if len(held) > _HELD_CHUNKS:
             # The previous chunk stays (a record that straddles the boundary
-            # is read across both); the farthest from the read go first.
-            for far in sorted(held, key=lambda i: abs(i - index))[_HELD_CHUNKS:]:
-                del held[far]
+            # is read across both); the farthest from the read goes first.
+            del held[max(held, key=lambda i: abs(i - index))]
 
     def _fetch(
         self, keys: list[ChunkKey], known: dict[ChunkKey, memoryview]

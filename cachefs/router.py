@@ -176,11 +176,17 @@ class ChunkRouter:
         if disk is None:
             return None
         view = disk.get(key)
-        if view is not None and ram is not None and ram.limit >= view.nbytes:
-            copy = bytes(view)
-            if ram.put(key, copy):
-                self.stats.promotions += 1
-                return memoryview(copy)
+        # Promotion only where it pays: a mapped chunk is served in place (its
+        # pages are the page cache: a copy would cost a memcpy and hold the
+        # bytes twice). A decoded or pread chunk is already a buffer of its
+        # own, so RAM keeps it without a copy.
+        if (
+            view is not None
+            and ram is not None
+            and not disk.is_mapped(key)
+            and ram.put(key, view)
+        ):
+            self.stats.promotions += 1
         return view
 
     def discard(self, keys: Iterable[ChunkKey]) -> None:

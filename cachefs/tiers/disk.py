@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 _LOW_WATERMARK = 0.95
 # A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
 _TOUCH_INTERVAL = 5.0
+# A chunk is read whole once when mapped (its checksum), so its pages are
+# faulted in by the kernel in one call rather than one fault per page.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
 _DIGEST_RE = re.compile(r"[0-9a-f]{40}")
@@ -537,7 +540,7 @@ class DiskTier:
             limit = min(self.max_maps, map_limit())
             mapped: mmap.mmap | None = None
             if _MAPS.make_room(self, limit):
-                mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                mapped = mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
                 _MAPS.opened(mapped)
                 view = memoryview(mapped)
             else:

@@ -1,0 +1,160 @@
+"""disk_writes: what a disk-tier write costs, and what the alternatives cost.
+
+Cold reads spend much of their CPU storing chunks: on 2 cores, a writer thread
+competes with the fetches. This scenario measures, per 4 MiB chunk, the CPU
+time of the writing thread and the wall time, for:
+
+- ``DiskTier.put``: what cachefs does (record header and CRC32C, a buffered
+  ``writev`` into ``tmp/``, ``link`` into place, the usage counter);
+- ``writev``: a plain buffered write of the same bytes (the floor of the
+  buffered path);
+- ``O_DIRECT``: the bytes copied into an aligned buffer and written past the
+  page cache;
+- ``writev + DONTNEED``: a buffered write whose pages are then dropped.
+
+and, for each, the cost of reading the chunk back with ``mmap`` and a
+checksum right after (what the next epoch pays): writes that skip or drop the
+page cache make that read go to the device. Rows report CPU ms per chunk;
+ratios are against ``DiskTier.put`` (> 1: cheaper than cachefs). No target:
+this scenario is the measurement behind the choice in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import crc32c
+
+from bench.report import Row
+from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.policy import make_policy
+from cachefs.tiers.disk import DiskTier
+
+CHUNK = 4 << 20
+
+
+def _read_back(path: str) -> float:
+    """Seconds of CPU to map ``path`` and checksum it (the next hit's cost)."""
+    c0 = time.thread_time()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+            crc32c.crc32c(mapped)
+    finally:
+        os.close(fd)
+    return time.thread_time() - c0
+
+
+def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
+    tier = DiskTier(root / "tier", 1 << 40, make_policy("lru"))
+    version = FileVersion("http", "bench/disk_writes", CHUNK * 1_000_000, "t")
+    aligned = mmap.mmap(-1, CHUNK)
+    aligned[:] = data
+    plain = root / "plain"
+    plain.mkdir()
+
+    def put(i: int) -> str:
+        key = ChunkKey(version, CHUNK, i)
+        tier.put(key, memoryview(data))
+        return str(tier.path_for(key.digest))
+
+    def buffered(i: int, drop: bool = False) -> str:
+        path = str(plain / f"b{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.writev(fd, [data])
+            if drop:
+                os.posix_fadvise(fd, 0, CHUNK, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return path
+
+    def direct(i: int) -> str:
+        path = str(plain / f"d{i}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT
+        fd = os.open(path, flags, 0o600)
+        try:
+            aligned[:] = data  # the copy a real writer would make
+            os.write(fd, aligned)
+        finally:
+            os.close(fd)
+        return path
+
+    return {
+        "DiskTier.put": put,
+        "writev": buffered,
+        "O_DIRECT": direct,
+        "writev + DONTNEED": lambda i: buffered(i, drop=True),
+    }
+
+
+def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
+    """Measure write and read-back CPU per chunk for each way of writing."""
+    chunks = 8 if quick else 32
+    repeats = 3 if quick else 5
+    data = os.urandom(CHUNK)
+    write_ms: dict[str, list[float]] = {}
+    read_ms: dict[str, list[float]] = {}
+    wall_ms: dict[str, list[float]] = {}
+    failed: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        writers = _writers(Path(tmp), data)
+        n = 0
+        for _ in range(repeats):
+            for name, write in writers.items():  # interleaved
+                if name in failed:
+                    continue
+                cpu = wall = back = 0.0
+                try:
+                    for _ in range(chunks):
+                        c0, t0 = time.thread_time(), time.perf_counter()
+                        path = write(n)
+                        cpu += time.thread_time() - c0
+                        wall += time.perf_counter() - t0
+                        back += _read_back(path)
+                        n += 1
+                except OSError as exc:  # e.g. no O_DIRECT on this filesystem
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                write_ms.setdefault(name, []).append(1e3 * cpu / chunks)
+                wall_ms.setdefault(name, []).append(1e3 * wall / chunks)
+                read_ms.setdefault(name, []).append(1e3 * back / chunks)
+    rows = []
+    base = statistics.median(write_ms["DiskTier.put"])
+    for name in write_ms:
+        value = statistics.median(write_ms[name])
+        rows.append(
+            Row(
+                row=f"write one {CHUNK >> 20} MiB chunk (writer thread CPU)",
+                system=name,
+                value=value,
+                unit="ms/chunk",
+                samples=write_ms[name],
+                reference="DiskTier.put",
+                ratio=base / value if value else None,
+                detail={
+                    "wall_ms_per_chunk": statistics.median(wall_ms[name]),
+                    "read_back_cpu_ms_per_chunk": statistics.median(read_ms[name]),
+                    "chunks_per_repeat": chunks,
+                    "repeats": repeats,
+                },
+            )
+        )
+    for name, why in failed.items():
+        rows.append(
+            Row(
+                row=f"write one {CHUNK >> 20} MiB chunk (writer thread CPU)",
+                system=name,
+                value=float("nan"),
+                unit="ms/chunk",
+                detail={"unavailable": why},
+            )
+        )
+    return rows
