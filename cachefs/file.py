@@ -246,11 +246,14 @@ class CachedFile(io.RawIOBase):
         self._ra_frontier = last_index
         # Checked here, in the reader's thread: a warm file never wakes the
         # event loop for readahead.
+        # A chunk on disk but not yet mapped in this process (a fresh worker
+        # over a warm cache) counts as held: a stat here costs far less than
+        # waking the loop to find it there.
         held = self._router.holds
         keys = [
             key
             for key in (self._key(i) for i in range(first_index, last_index + 1))
-            if not held(key)
+            if not held(key, probe_disk=True)
         ]
         if keys:
             self._ra_issued.extend(keys)

@@ -49,6 +49,8 @@ class RouterStats:
         Disk hits copied up to the RAM tier.
     wait_seconds
         Time readers spent waiting for chunks to arrive from the origin.
+    readahead_wakeups
+        Readahead batches a reader's thread handed to the event loop.
     """
 
     fills: int = 0
@@ -57,6 +59,7 @@ class RouterStats:
     waited: int = 0
     promotions: int = 0
     wait_seconds: float = 0.0
+    readahead_wakeups: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """Return the counters as a plain dict."""
@@ -291,6 +294,7 @@ class ChunkRouter:
         if self.staging is None or not keys:
             return
         if self.loop is not None:
+            self.stats.readahead_wakeups += 1
             self.loop.call_soon_threadsafe(self._start_readahead, keys)
 
     def abandon(self, keys: Iterable[ChunkKey]) -> None:
