@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook must come first
 import contextlib
 import functools
 import io
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -48,7 +50,6 @@ _LIVE: dict[int, weakref.ref[CacheFileSystem]] = {}
 _EXIT_DRAIN_SECONDS = 10.0
 
 
-@atexit.register
 def _drain_at_exit() -> None:
     for ref in list(_LIVE.values()):
         fs = ref()
@@ -56,6 +57,19 @@ def _drain_at_exit() -> None:
             # Best effort: the interpreter is going away.
             with contextlib.suppress(Exception):
                 fs.wait_idle(timeout=_EXIT_DRAIN_SECONDS)
+
+
+# The drain must run before concurrent.futures refuses new work at exit (its
+# own hook runs when threading shuts down, before atexit): a fill still
+# streaming would otherwise lose its disk writes ("cannot schedule new
+# futures after interpreter shutdown"). Threading's exit hooks run newest
+# first, so registering after concurrent.futures is imported puts this one
+# ahead of it; atexit is the fallback where that hook does not exist.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_drain_at_exit)
+else:  # pragma: no cover - every CPython >= 3.9 has it
+    atexit.register(_drain_at_exit)
 
 
 def _after_fork_in_child() -> None:
