@@ -32,7 +32,7 @@ from pathlib import Path
 import fsspec
 
 from cachefs.chunks import FileVersion
-from cachefs.metadata import MetadataCache, decode_record, record_damage
+from cachefs.metadata import MISSING, MetadataCache, decode_record, record_damage
 from cachefs.policy import LRUPolicy
 from cachefs.tiers.disk import (
     DiskTier,
@@ -375,7 +375,8 @@ class CacheView:
                     bad.append(Damage(path, why, st.st_size))
                     continue
                 version, fetched = decode_record(raw)
-                good.append(Record(version, fetched, path))
+                if version.token != MISSING:  # a remembered miss holds no data
+                    good.append(Record(version, fetched, path))
         finally:
             os.close(dfd)
         good.sort(key=lambda r: (r.version.protocol, r.version.path))

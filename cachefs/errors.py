@@ -18,6 +18,7 @@ __all__ = [
     "ShortReadError",
     "StaleVersionError",
     "classify",
+    "is_absent",
 ]
 
 
@@ -95,3 +96,27 @@ def classify(exc: BaseException) -> ErrorClass:
         if isinstance(exc, kind):
             return outcome
     return _CLIENT_ERROR
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether ``exc`` says the origin has no such file (not that it is down).
+
+    fsspec's http raises ``FileNotFoundError`` for an unreachable host too,
+    with the connection error as its cause: only a ``FileNotFoundError``
+    whose causes are all "not found" answers (none, a 404 or 410, another
+    ``FileNotFoundError``) is a miss worth remembering.
+    """
+    if not isinstance(exc, FileNotFoundError):
+        return False
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, aiohttp.ClientResponseError):
+            return cause.status in (404, 410)
+        if not isinstance(cause, FileNotFoundError) and isinstance(
+            cause, OSError | aiohttp.ClientError | asyncio.TimeoutError
+        ):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True

@@ -30,7 +30,7 @@ from fsspec.utils import stringify_path
 
 from cachefs.bridge import call_sync, name_timeouts_of
 from cachefs.chunks import ChunkKey, FileVersion, parse_size, version_token
-from cachefs.errors import StaleVersionError
+from cachefs.errors import StaleVersionError, is_absent
 from cachefs.fetch import Fetcher
 from cachefs.file import CachedFile
 from cachefs.metadata import MetadataCache, TTLCache
@@ -712,6 +712,8 @@ class CacheFileSystem(
             if isinstance(exc, asyncio.CancelledError):
                 resolving.cancel()
             else:
+                if is_absent(exc):
+                    self.metadata.put_missing(self.target_protocol, tpath)
                 resolving.set_exception(exc)
             raise
         finally:
@@ -887,6 +889,10 @@ class CacheFileSystem(
         cached = self._infos.get(tpath)
         if cached is not None:
             return dict(cached)
+        if self.metadata.is_missing(self.target_protocol, tpath):
+            # A miss is remembered like a version: a warmed store's absent
+            # keys (zarr's probes) cost no origin request, offline included.
+            raise FileNotFoundError(tpath)
         if self.metadata_ttl is None:
             # Versions are trusted forever: a warmed cache answers for its
             # files without the origin (which may be unreachable).
@@ -898,7 +904,12 @@ class CacheFileSystem(
                     "type": "file",
                     "version": known.token,
                 }
-        info: dict[str, Any] = await self.fetcher.info(tpath)
+        try:
+            info: dict[str, Any] = await self.fetcher.info(tpath)
+        except FileNotFoundError as exc:
+            if is_absent(exc):
+                self.metadata.put_missing(self.target_protocol, tpath)
+            raise
         self._infos.put(tpath, info)
         if info.get("type") != "directory" and info.get("size") is not None:
             self._version_from_info(tpath, info)

@@ -34,6 +34,7 @@ from cachefs.chunks import FileVersion
 from cachefs.tiers.disk import open_dir, secure_dir
 
 __all__ = [
+    "MISSING",
     "MetadataCache",
     "TTLCache",
     "decode_record",
@@ -43,6 +44,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The token of a record that says the origin has no such file: a miss
+#: remembered under the same TTL rules as a version (no version token
+#: derived from an origin's info takes this form).
+MISSING = "missing:"
 
 _RECORD_FORMAT = 2  # 1 (no checksum) is read as damage and learned again
 _MAX_RECORD = 1 << 16
@@ -220,9 +226,28 @@ class MetadataCache:
             item = self._load(protocol, path)
             if item is not None:
                 self._memory[(protocol, path)] = item
-        if item is None or not _fresh(item[1], self.ttl):
+        if item is None or not _fresh(item[1], self.ttl) or item[0].token == MISSING:
             return None
         return item[0]
+
+    def is_missing(self, protocol: str, path: str) -> bool:
+        """Return whether a fresh record says the origin has no ``path``."""
+        item = self._memory.get((protocol, path))
+        if item is None and self.root is not None:
+            item = self._load(protocol, path)
+            if item is not None:
+                self._memory[(protocol, path)] = item
+        return (
+            item is not None and item[0].token == MISSING and _fresh(item[1], self.ttl)
+        )
+
+    def put_missing(self, protocol: str, path: str) -> None:
+        """Record that the origin has no ``path`` (404), fresh now.
+
+        With ``metadata_ttl=None`` the miss is trusted for as long as the
+        record lasts, so a warmed store opens offline without asking again.
+        """
+        self.put(FileVersion(protocol, path, 0, MISSING))
 
     def seen(self, protocol: str, path: str) -> bool:
         """Return whether any version of ``path`` was recorded, fresh or not."""
@@ -269,7 +294,7 @@ class MetadataCache:
             item = self._load(protocol, path)
         if self.root is not None:
             self._unlink(record_name(protocol, path))
-        return item[0] if item else None
+        return item[0] if item and item[0].token != MISSING else None
 
     def known_paths(self, protocol: str) -> Iterator[str]:
         """Yield the paths of ``protocol`` this process holds versions for."""
