@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 from cachefs._version import __version__
+from cachefs.chunks import ChunkKey
 from cachefs.cli_config import CLI_OPTIONS, Settings, keyword_defaults, resolve_settings
 from cachefs.cli_format import Progress, fmt_bytes, fmt_time, table
 from cachefs.cli_inspect import (
@@ -29,6 +30,7 @@ from cachefs.cli_inspect import (
     UrlPattern,
     check_chunk_file,
     clear_dirs,
+    display_url,
     evict_files,
     remove_damaged,
     remove_stray,
@@ -377,9 +379,19 @@ def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
     roots = [d for d, present in zip(view.dirs, view.present, strict=True) if present]
     damaged: list[dict[str, Any]] = []
 
-    def found(path: Any, reason: str, removed: bool) -> None:
-        damaged.append({"path": str(path), "reason": reason, "removed": removed})
-        log(f"damaged: {path} {reason}" + (" (removed)" if removed else ""))
+    def found(
+        path: Any, reason: str, removed: bool, key: ChunkKey | None = None
+    ) -> None:
+        entry: dict[str, Any] = {"path": str(path), "reason": reason}
+        where = ""
+        if key is not None:
+            # Name what the chunk holds: the origin file and its byte range.
+            url = display_url(key.version.protocol, key.version.path)
+            entry["chunk_of"] = {"url": url, "start": key.start, "stop": key.stop}
+            where = f" (bytes {key.start}-{key.stop - 1} of {url})"
+        entry["removed"] = removed
+        damaged.append(entry)
+        log(f"damaged: {path}{where} {reason}" + (" (removed)" if removed else ""))
 
     # The layout first: a symlinked directory is unlinked, never followed.
     for root in roots:
@@ -390,7 +402,8 @@ def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
     view._scans.clear()
     view._chunks = None
     records, bad_records = view.checked_records()
-    expected = view.expected_lengths(records)
+    owners = view.chunk_keys(records)
+    expected = {digest: key.length for digest, key in owners.items()}
     files = [cf for root in view.dirs for cf in view.files_in(root)]
     total = sum(cf.size for cf in files)
     progress = Progress(
@@ -405,7 +418,9 @@ def cmd_verify(settings: Settings, args: Any, out: TextIO, log: Any) -> int:
             continue
         if args.repair:
             remove_damaged(cf.path, trust=trust)
-        found(cf.path, reason, args.repair and not _exists(cf.path))
+        found(
+            cf.path, reason, args.repair and not _exists(cf.path), owners.get(cf.digest)
+        )
     if files:
         progress.close(total, total)
     for bad in bad_records:
@@ -569,6 +584,14 @@ def _logging(verbose: int) -> Iterator[None]:
         package.setLevel(saved)
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Return the subcommands' parsers by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cachefs`` command; return its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -583,7 +606,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.flush()
 
     if extra and command != "demo":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # Reported by the subcommand's parser, so the line names it
+        # ("cachefs warm: error: ...") like every other error of that command.
+        parser_of = _subparsers(parser).get(command, parser)
+        parser_of.error(f"unrecognized arguments: {' '.join(extra)}")
     verbose = int(getattr(args, "verbose", 0) or 0)
     args.quiet = bool(getattr(args, "quiet", False))
     with _logging(verbose):

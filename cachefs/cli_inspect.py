@@ -31,7 +31,7 @@ from pathlib import Path
 
 import fsspec
 
-from cachefs.chunks import FileVersion
+from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.metadata import MISSING, MetadataCache, decode_record, record_damage
 from cachefs.policy import LRUPolicy
 from cachefs.tiers.disk import (
@@ -461,15 +461,19 @@ class CacheView:
             ]
         return [self.status(r) for r in records]
 
-    def expected_lengths(self, records: Sequence[Record]) -> dict[str, int]:
-        """Map the digest of every chunk of ``records`` to its length."""
-        out: dict[str, int] = {}
+    def chunk_keys(self, records: Sequence[Record]) -> dict[str, ChunkKey]:
+        """Map the digest of every chunk of ``records`` to its key."""
+        out: dict[str, ChunkKey] = {}
         for record in records:
             version = record.version
             for i in range(version.chunk_count(self.chunk_size)):
                 key = version.key(self.chunk_size, i)
-                out[key.digest] = key.length
+                out[key.digest] = key
         return out
+
+    def expected_lengths(self, records: Sequence[Record]) -> dict[str, int]:
+        """Map the digest of every chunk of ``records`` to its length."""
+        return {d: k.length for d, k in self.chunk_keys(records).items()}
 
 
 # -- verification ---------------------------------------------------------------

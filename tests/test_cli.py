@@ -380,9 +380,29 @@ def test_verify_finds_and_repairs_damage(
     found = run(env, "verify", *c)
     assert found.returncode == 1
     assert str(victim) in found.stderr and "1 damaged" in found.stdout
+    # It names what the chunk holds: the origin file and the byte range.
+    fs = CacheFileSystem(
+        target_protocol="http",
+        cache_dir=str(cache_dir),
+        chunk_size="1MiB",
+        skip_instance_cache=True,
+    )
+    keys = []
+    for name in shard_files:
+        version = fs.metadata.get("http", origin.url_for(name))
+        assert version is not None
+        keys += [version.key(MiB, i) for i in range(version.chunk_count(MiB))]
+    (owner,) = [k for k in keys if victim.name == k.digest]
+    url = owner.version.path
+    assert f"bytes {owner.start}-{owner.stop - 1} of {url}" in found.stderr
     repaired = as_json(run(env, "verify", *c, "--repair", "--json"))
     assert repaired["ok"] is True
     assert repaired["damaged"][0]["path"] == str(victim)
+    assert repaired["damaged"][0]["chunk_of"] == {
+        "url": url,
+        "start": owner.start,
+        "stop": owner.stop,
+    }
     assert not victim.exists()
     assert run(env, "verify", *c).returncode == 0
     # The cache notices the hole; a warm refills just that chunk.
@@ -557,3 +577,12 @@ def test_demo_runs_the_demo_module(
     assert cli_module.main(["demo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo not available" in err[0]
+
+
+@pytest.mark.parametrize("command", ["warm", "ls", "stats", "verify"])
+def test_unknown_option_names_the_subcommand(env: dict[str, str], command: str) -> None:
+    url = ["http://127.0.0.1:9/x"] if command == "warm" else []
+    proc = run(env, command, *url, "--no-such-option")
+    line = one_error_line(proc)
+    assert line.startswith(f"cachefs {command}: error: ")
+    assert "--no-such-option" in line
