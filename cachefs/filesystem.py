@@ -916,6 +916,19 @@ class CacheFileSystem(
         return dict(info)
 
     @_on_own_loop
+    async def _isdir(self, path: str) -> bool:
+        # The target decides what a directory is (fsspec's http: a page that
+        # lists links, whatever its info says); a file this cache knows is
+        # not one, and needs no origin request.
+        tpath = self._target_path(path)
+        if self._known_version(tpath) is not None:
+            return False
+        cached = self._infos.get(tpath)
+        if cached is not None and cached.get("type") == "directory":
+            return True
+        return bool(await self.fetcher.metadata("isdir", tpath))
+
+    @_on_own_loop
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         tpath = self._target_path(path)
         listing = self._listings.get(tpath)

@@ -39,6 +39,21 @@ class CacheFSPath(UPath):  # type: ignore[misc,unused-ignore]
         options.pop("fo", None)
         return MappingProxyType(options)
 
+    def with_segments(self, *pathsegments: Any) -> CacheFSPath:
+        """Build a derived path (``parent``, ``/``, ``iterdir``, ``glob``).
+
+        UPath hands the target's path (``http://host/dir``) back with
+        ``protocol="cachefs"`` and refuses the mismatch; chained again as
+        ``cachefs::http://host/dir``, it names the same cached directory.
+        """
+        if pathsegments and isinstance(pathsegments[0], str):
+            first = pathsegments[0]
+            protocol, sep, _ = first.partition("://")
+            if sep and "::" not in first and protocol != "cachefs":
+                pathsegments = (f"cachefs::{first}", *pathsegments[1:])
+        derived: CacheFSPath = super().with_segments(*pathsegments)
+        return derived
+
     def __str__(self) -> str:
         if self._relative_base is not None:
             return str(super().__str__())

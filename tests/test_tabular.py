@@ -242,3 +242,25 @@ def test_upath_derived_paths_keep_the_chain(data_dir: Path, tmp_path: Path) -> N
     # The string form is a URL that opens the same file.
     again = UPath(str(sibling), cache_dir=cache_dir)
     assert again.read_bytes() == (data_dir / "table.csv").read_bytes()
+
+
+@pytest.mark.filterwarnings(UPATH_FALLBACK)
+def test_upath_over_http_derives_lists_and_globs(
+    served: HTTPOrigin, data_dir: Path, tmp_path: Path
+) -> None:
+    """``parent``, ``/``, ``iterdir`` and ``glob`` over an HTTP target.
+
+    UPath rebuilds a derived path from the target's URL with
+    ``protocol="cachefs"`` and used to refuse it ("'cachefs' incompatible
+    with 'http'"); fsspec's ``simplecache::`` still does.
+    """
+    path = UPath("cachefs::" + served.url_for("table.csv"), cache_dir=str(tmp_path))
+    parent = path.parent
+    base = served.url_for("table.csv").rsplit("/", 1)[0]
+    assert str(parent).rstrip("/") == "cachefs::" + base
+    sibling = parent / "table.parquet"
+    assert sibling.read_bytes() == (data_dir / "table.parquet").read_bytes()
+    assert parent.is_dir() and not path.is_dir() and path.is_file()
+    names = sorted(p.name for p in parent.iterdir())
+    assert {"table.csv", "table.parquet"} <= set(names)
+    assert sorted(p.name for p in parent.glob("*.csv")) == ["table.csv"]
