@@ -17,6 +17,10 @@ from cachefs.policy import (
     available_policies,
     register_policy,
 )
+from cachefs.wds import install as _install_webdataset_scheme
+
+# webdataset's gopen learns the ``cachefs::`` scheme (see cachefs.wds).
+_install_webdataset_scheme()
 
 __all__ = [
     "CacheFileSystem",
