@@ -21,6 +21,7 @@ The cache directory is a temporary one inside the first ``--cache-dir``
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import queue
@@ -157,6 +158,19 @@ def _origin(fs: CacheFileSystem) -> int:
     return int(fs.cache_stats()["origin"]["bytes"])
 
 
+class _Results(list[PassResult]):
+    """Pass results, each also handed to a callback as it is appended."""
+
+    def __init__(self, on_pass: Callable[[PassResult], None] | None) -> None:
+        super().__init__()
+        self._on_pass = on_pass
+
+    def append(self, result: PassResult) -> None:
+        super().append(result)
+        if self._on_pass is not None:
+            self._on_pass(result)
+
+
 def bench(
     settings: Settings,
     protocol: str,
@@ -166,11 +180,13 @@ def bench(
     block_size: int,
     jobs: int,
     heartbeat: Heartbeat | None = None,
+    on_pass: Callable[[PassResult], None] | None = None,
 ) -> list[PassResult]:
     """Run the four passes; return their results in order.
 
     Each block read runs inside ``heartbeat.waiting``, so that a pass stuck
-    on the origin says which bytes it waits for.
+    on the origin says which bytes it waits for; ``on_pass`` gets each
+    pass's result as soon as it ends.
     """
     blocks = [
         (path, lo, min(lo + block_size, size))
@@ -178,7 +194,7 @@ def bench(
         for lo in range(0, size, block_size)
     ]
     total = sum(sizes)
-    results: list[PassResult] = []
+    results = _Results(on_pass)
     target = fsspec.filesystem(
         protocol, skip_instance_cache=True, **settings.target_options
     )
@@ -267,13 +283,28 @@ def _run_bench(
         protocol, skip_instance_cache=True, **settings.target_options
     )
     files = expand_urls(target, args.urls, args.recursive, heartbeat=heartbeat)
-    sizes = []
-    for f in files:
-        with heartbeat.waiting(f"the info of {f}"):
-            sizes.append(int(target.info(f)["size"]))
+    talk = not args.quiet and not args.json
+    # Sizes asked 16 (or --jobs) at a time: one round trip per file in
+    # sequence made a bench of many files over a slow origin silent for
+    # seconds before its first pass.
+    with (
+        heartbeat.waiting(f"the info of {len(files)} files"),
+        concurrent.futures.ThreadPoolExecutor(max(16, args.jobs)) as pool,
+    ):
+        sizes = [int(info["size"]) for info in pool.map(target.info, files)]
     total = sum(sizes)
-    if not args.quiet and not args.json:
+    if talk:
         err.write(f"bench: {len(files)} files, {fmt_bytes(total)}\n")
+        err.flush()
+
+    def passed(result: PassResult) -> None:
+        if talk:
+            err.write(
+                f"bench: {result.name} pass: {fmt_bytes(result.nbytes)} in "
+                f"{fmt_duration(result.seconds)} ({fmt_bytes(result.rate)}/s)\n"
+            )
+            err.flush()
+
     results = bench(
         settings,
         protocol,
@@ -282,6 +313,7 @@ def _run_bench(
         block_size=block_size,
         jobs=args.jobs,
         heartbeat=heartbeat,
+        on_pass=passed,
     )
     if args.json:
         doc = {

@@ -586,3 +586,18 @@ def test_unknown_option_names_the_subcommand(env: dict[str, str], command: str) 
     line = one_error_line(proc)
     assert line.startswith(f"cachefs {command}: error: ")
     assert "--no-such-option" in line
+
+
+def test_bench_asks_sizes_concurrently_and_reports_each_pass(
+    env: dict[str, str], cache_dir: Path
+) -> None:
+    files = {f"many/f{i:02d}.bin": bytes([i]) * 10_000 for i in range(12)}
+    with HTTPOrigin(files=files, latency=0.25) as slow:
+        c = cache_args(cache_dir)
+        proc = run(env, "bench", slow.url + "/many/", *c, "-j", "1")
+        assert proc.returncode == 0, proc.stderr
+        # The passes read one block at a time (-j 1): only the sizes, asked
+        # together rather than file by file, overlap.
+        assert slow.stats.max_concurrent >= 4
+    passes = [ln.split()[1] for ln in proc.stderr.splitlines() if " pass: " in ln]
+    assert passes == ["fsspec", "cold", "warm", "hot"]
