@@ -85,6 +85,10 @@ class Progress:
         Seconds between lines when ``stream`` is not a terminal.
     enabled
         ``False`` writes nothing (``--quiet``).
+    started
+        The ``time.monotonic()`` the rate is counted from (default: now);
+        give the command's own start so the last line's rate and the
+        summary's are one figure.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Progress:
         *,
         interval: float = 5.0,
         enabled: bool = True,
+        started: float | None = None,
     ) -> None:
         self.stream = stream
         self.label = label
@@ -103,7 +108,7 @@ class Progress:
         self.enabled = enabled
         isatty = getattr(stream, "isatty", None)
         self.tty = bool(isatty()) if callable(isatty) else False
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self._last = self.started  # the first line after one interval
         self._width = 0
         self.done = 0

@@ -341,8 +341,15 @@ def _warm(
     result.size = sum(v.size for v in versions)
     result.cached_before = sum(_cached_bytes(fs, v)[0] for v in versions)
     base = int(fs.cache_stats()["origin"]["bytes"])
+    # One clock for the progress line and the summary: origin bytes per
+    # second since the warm began (listing versions and storing included).
     progress = Progress(
-        progress_stream, "warm", result.size, interval=interval, enabled=show_progress
+        progress_stream,
+        "warm",
+        result.size,
+        interval=interval,
+        enabled=show_progress,
+        started=started,
     )
 
     def moved() -> int:
@@ -368,8 +375,8 @@ def _warm(
             handle.cancel()
         raise
     result.origin_bytes = moved()
-    result.seconds = time.monotonic() - started
     progress.close(result.size if handle is None else handle.done_bytes, moved())
+    result.seconds = time.monotonic() - started
     if handle is not None:
         seen_urls = {p for p, _ in result.failed}
         for path, exc in handle.failed:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -601,3 +602,26 @@ def test_bench_asks_sizes_concurrently_and_reports_each_pass(
         assert slow.stats.max_concurrent >= 4
     passes = [ln.split()[1] for ln in proc.stderr.splitlines() if " pass: " in ln]
     assert passes == ["fsspec", "cold", "warm", "hot"]
+
+
+def _rate(text: str) -> float:
+    number, unit = text.split()
+    scale = {"B/s": 1, "KiB/s": 2**10, "MiB/s": 2**20, "GiB/s": 2**30}[unit]
+    return float(number) * scale
+
+
+def test_warm_progress_and_summary_give_one_rate(
+    env: dict[str, str], cache_dir: Path
+) -> None:
+    files = make_shards(4, 2 * MiB, seed=8, prefix="r/")
+    with HTTPOrigin(files=files, latency=0.05) as slow:
+        proc = run(
+            env, "warm", slow.url + "/r/", *cache_args(cache_dir),
+            "--progress-interval", "0.05",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    last = [ln for ln in proc.stderr.splitlines() if ln.startswith("warm ")][-1]
+    shown = re.search(r"([\d.]+ \S+/s)\s+done", last)
+    summary = re.search(r"\(([\d.]+ \S+/s)\)", proc.stdout)
+    assert shown and summary, (proc.stderr, proc.stdout)
+    assert _rate(shown.group(1)) == pytest.approx(_rate(summary.group(1)), rel=0.02)
