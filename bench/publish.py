@@ -44,6 +44,46 @@ def _rows(doc: dict[str, Any]) -> list[Row]:
     return [Row(**row) for row in doc["rows"]]
 
 
+# One colour per system, the same in every plot. Matched by substring, first
+# match wins; cachefs's own variants (readahead, prefetch, compression=…)
+# share its orange.
+_PALETTE: tuple[tuple[str, str], ...] = (
+    ("cachefs", "#e8710a"),
+    ("shardDataset", "#e8710a"),
+    ("compression", "#e8710a"),
+    ("simplecache", "#1f77b4"),
+    ("filecache", "#17becf"),
+    ("blockcache", "#9467bd"),
+    ("litdata", "#2ca02c"),
+    ("mosaic", "#d62728"),
+    ("streaming", "#d62728"),
+    ("webdataset", "#8c564b"),
+    ("memcpy", "#333333"),
+    ("copyto", "#333333"),
+    ("local", "#333333"),
+    ("ceiling", "#333333"),
+    ("bound", "#333333"),
+    ("model", "#7f7f7f"),
+)
+_OTHER = "#a0a0a0"  # plain fsspec, s3fs, http: the baseline
+_FONT = 12
+
+
+def _color(system: str) -> str:
+    """Return the plot colour of a system (see :data:`_PALETTE`)."""
+    low = system.lower()
+    for needle, colour in _PALETTE:
+        if needle.lower() in low:
+            return colour
+    return _OTHER
+
+
+def _wrap(text: str, width: int = 38) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib
 
@@ -52,29 +92,37 @@ def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
 
     panels = []
     for doc in docs:
-        bars: dict[str, float] = {}
+        bars: list[tuple[str, str, float]] = []
         for row in _rows(doc):
-            if row.unit in ("GB/s", "MB/s"):
+            if row.unit in ("GB/s", "MB/s") and row.value == row.value:
                 scale = 1000.0 if row.unit == "GB/s" else 1.0
-                bars[f"{row.row}: {row.system}"] = row.value * scale
+                bars.append((row.row, row.system, row.value * scale))
         if bars:
-            panels.append((doc["scenario"], bars))
+            mode = "quick" if doc.get("quick") else "full"
+            panels.append((f"{doc['scenario']} ({mode})", bars))
     if not panels:
         return None
-    height = sum(max(2.0, 0.32 * len(b)) for _, b in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, height), squeeze=False)
+    height = sum(1.0 + 0.55 * len(b) for _, b in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, height), squeeze=False)
     for ax, (name, bars) in zip(axes[:, 0], panels, strict=True):
-        labels = list(bars)
-        colors = ["tab:orange" if "cachefs" in lab else "tab:gray" for lab in labels]
-        ax.barh(labels, [bars[lab] for lab in labels], color=colors)
-        ax.set_xscale("log")
-        ax.set_xlabel("MB/s (log scale; cachefs in orange)")
-        ax.set_title(name)
+        labels = [_wrap(f"{system} — {row}") for row, system, _ in bars]
+        values = [v for _, _, v in bars]
+        drawn = ax.barh(labels, values, color=[_color(system) for _, system, _ in bars])
+        ax.bar_label(drawn, fmt="%.0f", padding=3, fontsize=_FONT - 2)
+        spread = max(values) / max(min(v for v in values if v > 0), 1e-9)
+        if spread > 50:  # several decades: log, with a label on every decade
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(
+                matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+            )
+        ax.set_xlim(right=max(values) * (3 if spread > 50 else 1.18))
+        ax.set_xlabel("MB/s (cachefs in orange)", fontsize=_FONT)
+        ax.set_title(name, fontsize=_FONT + 1, loc="left")
         ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="both", labelsize=_FONT - 2)
     fig.tight_layout()
     path = out / "throughput.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -93,20 +141,28 @@ def _plot_epochs(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     for row in _rows(doc):
         series[row.system].append(row.value)
         bound = row.detail.get("bound", bound)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for system, values in series.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=system)
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            marker="o",
+            label=system,
+            color=_color(system) if "lru" not in system else "#1f77b4",
+        )
     if bound is not None:
         ax.axhline(bound, linestyle="--", color="black", label="bound: cache/dataset")
     ax.set_xticks(range(1, 1 + max(len(v) for v in series.values())))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("hit rate (from origin bytes)")
+    mode = "quick" if doc.get("quick") else "full"
+    ax.set_xlabel("epoch", fontsize=_FONT)
+    ax.set_ylabel("hit rate (from origin bytes)", fontsize=_FONT)
     ax.set_ylim(0, 1)
-    ax.set_title("Shuffled epoch scans, dataset = 2x disk budget")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Shuffled epoch scans, dataset = 2x disk budget ({mode})")
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.legend(fontsize=_FONT - 2)
     fig.tight_layout()
     path = out / "epoch_hit_rate.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -126,19 +182,77 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for system, values in series.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=system)
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            marker="o",
+            label=system,
+            color=_color(system.split(": ", 1)[-1]),
+        )
     ax.set_xticks(range(1, 1 + max(len(v) for v in series.values())))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("seconds waiting for data")
+    ax.set_xlabel("epoch", fontsize=_FONT)
+    ax.set_ylabel("seconds waiting for data", fontsize=_FONT)
     ax.set_title("Data-loader wait per epoch")
-    ax.legend(fontsize=8)
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.legend(fontsize=_FONT - 2)
     fig.tight_layout()
     path = out / "wait_time.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _is_cachefs(system: str) -> bool:
+    return _color(system) == _color("cachefs")
+
+
+def _winners(docs: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines of a table: per row, cachefs's best against the best peer.
+
+    Only rows that compare cachefs with at least one peer in the same unit;
+    physical limits (memcpy, local reads, ceilings, bounds) are not peers.
+    """
+    lines = [
+        "| scenario | row | best cachefs | best peer | cachefs ÷ peer | winner |",
+        "|---|---|---|---|---|---|",
+    ]
+    limits = ("memcpy", "copyto", "local", "ceiling", "bound", "model")
+    for doc in docs:
+        mode = "quick" if doc.get("quick") else "full"
+        groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+        for row in _rows(doc):
+            if row.value == row.value:  # not NaN
+                groups[(row.row, row.unit)].append(row)
+        for (label, unit), rows in groups.items():
+            # A zero-copy view is not a read a peer offers: compare copies.
+            ours = [r for r in rows if _is_cachefs(r.system) and "view" not in r.system]
+            peers = [
+                r
+                for r in rows
+                if not _is_cachefs(r.system)
+                and not any(w in r.system.lower() for w in limits)
+            ]
+            if not ours or not peers:
+                continue
+            pick = max if rows[0].higher_is_better else min
+            best = pick(ours, key=lambda r: r.value)
+            peer = pick(peers, key=lambda r: r.value)
+            if not peer.value or not best.value:
+                continue
+            ratio = (
+                best.value / peer.value
+                if best.higher_is_better
+                else peer.value / best.value
+            )
+            winner = "cachefs" if ratio >= 1 else peer.system
+            lines.append(
+                f"| {doc['scenario']} ({mode}) | {label} | {best.system} "
+                f"{best.value:.3g} {unit} | {peer.system} {peer.value:.3g} {unit} "
+                f"| {ratio:.2f}x | {winner} |"
+            )
+    return lines if len(lines) > 2 else []
 
 
 def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
@@ -181,14 +295,29 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
         "| scenario | row | system | ratio | target | met |",
         "|---|---|---|---|---|---|",
     ]
+    modes = {d["scenario"]: "quick" if d.get("quick") else "full" for d in docs}
     for scenario, row in targets:
         verdict = "MET" if row.met else "**UNMET**"
         ratio = f"{row.ratio:.2f}x vs {row.reference}" if row.ratio is not None else "-"
         lines.append(
-            f"| {scenario} | {row.row} | {row.system} | {ratio} | {row.target} "
-            f"| {verdict} |"
+            f"| {scenario} ({modes[scenario]}) | {row.row} | {row.system} | {ratio} "
+            f"| {row.target} | {verdict} |"
         )
     lines.append("")
+    winners = _winners(docs)
+    if winners:
+        lines += [
+            "## Who wins where",
+            "",
+            "For every row that measures cachefs beside a peer a user could pick",
+            "instead (physical limits are not peers), cachefs's best system",
+            "against the best peer; above 1x cachefs is ahead. Each scenario's",
+            "mode is in brackets: a `quick` run uses small data and few",
+            "repetitions, so its ratios carry more noise than a `full` one.",
+            "",
+            *winners,
+            "",
+        ]
     for path in plots:
         lines += [f"![{path.stem}]({path.name})", ""]
     for doc in docs:
