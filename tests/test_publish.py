@@ -1,0 +1,52 @@
+"""The results page says which mode each figure comes from and who wins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.publish import _color, publish
+from bench.report import Row
+
+
+def _doc(scenario: str, quick: bool, rows: list[Row]) -> dict[str, object]:
+    return {
+        "scenario": scenario,
+        "quick": quick,
+        "rows": [r.as_dict() for r in rows],
+        "machine": {},
+    }
+
+
+def test_page_names_modes_and_winners(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [
+        Row("cold", "s3fs (plain)", 50.0, "MB/s"),
+        Row("cold", "simplecache::s3", 110.0, "MB/s"),
+        Row("cold", "cachefs readahead", 100.0, "MB/s", target=">= 1x", met=False,
+            ratio=0.91, reference="simplecache::s3"),
+        Row("rand", "blockcache", 4.0, "us/read"),
+        Row("rand", "cachefs disk", 2.0, "us/read"),
+        Row("rand", "local file", 1.0, "us/read"),
+    ]  # fmt: skip
+    (results / "s3_cold.json").write_text(json.dumps(_doc("s3_cold", True, rows)))
+    page = publish(results, tmp_path / "out").read_text()
+    assert "| s3_cold (quick) | cold | cachefs readahead |" in page  # targets
+    winners = page.split("## Who wins where", 1)[1]
+    assert "| 0.91x | simplecache::s3 |" in winners
+    # Lower is better for times; the local file is a limit, not a peer.
+    assert "cachefs disk 2 us/read | blockcache 4 us/read | 2.00x | cachefs |" in (
+        winners
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("cachefs prefetch", "compression=zstd"), ("simplecache", "simplecache::s3")],
+)
+def test_one_colour_per_system_family(a: str, b: str) -> None:
+    assert _color(a) == _color(b)
+    assert _color("simplecache") != _color("cachefs") != _color("s3fs (plain)")
