@@ -246,6 +246,12 @@ class CacheFileSystem(
         "bucket/cachefs", "options": {...}}``. Misses look there before the
         origin; chunks fetched from the origin are published there in the
         background. ``None`` (the default) means no shared tier.
+    shared_lease
+        Seconds a node's lease on a chunk it fetches for the shared tier
+        holds (cross-node single flight, see docs/scaling.md): other nodes
+        wait up to this long for it to be published there before fetching it
+        themselves, and a dead node's lease is taken over after it. Default
+        30; ``0`` turns leases off (every node fetches its own misses).
     trust_cache_dir
         Use a cache directory even if another user owns it or others can
         write to it, and serve chunk files another user owns. Off by default:
@@ -293,6 +299,7 @@ class CacheFileSystem(
         prefetch_hold: float = 30.0,
         compression: str | dict[str, Any] | Any | None = None,
         shared: str | dict[str, Any] | None = None,
+        shared_lease: float | str = 30.0,
         trust_cache_dir: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -341,7 +348,7 @@ class CacheFileSystem(
             self.fetcher,
             max_coalesce=parse_size(max_coalesce, "max_coalesce", allow_zero=False),
             staging=Staging(limit, hold) if limit else None,
-            shared=self._make_shared(shared, codec),
+            shared=self._make_shared(shared, codec, shared_lease),
         )
         self._forked = False
         self._resolving: dict[str, asyncio.Future[FileVersion]] = {}
@@ -413,8 +420,10 @@ class CacheFileSystem(
         built: AbstractFileSystem = cls(**options)
         return built
 
-    def _make_shared(self, shared: Any, codec: Any) -> SharedTier | None:
+    def _make_shared(self, shared: Any, codec: Any, lease: Any) -> SharedTier | None:
         """Build the shared tier from ``shared=URL`` or ``shared={...}``."""
+        lease_time = _check_seconds(lease, "shared_lease", allow_none=False)
+        assert lease_time is not None
         if shared is None:
             return None
         if isinstance(shared, str):
@@ -441,7 +450,7 @@ class CacheFileSystem(
         root = str(fs._strip_protocol(root)).rstrip("/")
         if not root:
             raise ValueError(f"shared={shared!r} names no directory or prefix")
-        return SharedTier(fs, root, codec)
+        return SharedTier(fs, root, codec, lease_time=lease_time)
 
     @staticmethod
     def _cache_dirs(

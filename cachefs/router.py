@@ -421,17 +421,30 @@ class ChunkRouter:
             delay = min(delay * 2, _POLL_MAX)
 
     async def _fill_owned(self, keys: list[ChunkKey]) -> None:
-        """Fill keys this process holds the locks of: shared tier, then origin."""
+        """Fill keys this process holds the locks of: shared tier, then origin.
+
+        With a shared tier, the origin fetch of a chunk is single-flight
+        across nodes where its engine allows (:meth:`SharedTier.fill_once`).
+        """
+
+        async def fetch(group: list[ChunkKey]) -> None:
+            await asyncio.gather(
+                *(self._fetch_and_store(g) for g in _adjacent_runs(group, len(group)))
+            )
+
+        async def accept(key: ChunkKey, view: memoryview) -> None:
+            await self._accept([(key, view)], publish=False)
+
         if self.shared is not None and keys:
             found = await asyncio.gather(*(self.shared.get(k) for k in keys))
             hits = [(k, v) for k, v in zip(keys, found, strict=True) if v is not None]
             if hits:
                 await self._accept(hits, publish=False)
             keys = [k for k, v in zip(keys, found, strict=True) if v is None]
-        if keys:
-            await asyncio.gather(
-                *(self._fetch_and_store(g) for g in _adjacent_runs(keys, len(keys)))
-            )
+            if keys:
+                await self.shared.fill_once(keys, fetch, accept)
+        elif keys:
+            await fetch(keys)
 
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
@@ -634,8 +647,8 @@ class ChunkRouter:
 
     async def _publish(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         assert self.shared is not None
-        for key, view in items:
-            await self.shared.put(key, view)
+        # Together: a node waiting on this run's leases gets it sooner.
+        await asyncio.gather(*(self.shared.put(key, view) for key, view in items))
 
     def file_lock(self, protocol: str, path: str) -> StripeLock | None:
         """Return the cross-process lock for learning a file's version."""

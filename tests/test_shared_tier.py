@@ -25,9 +25,9 @@ NODE = """
 import hashlib, json, sys
 import fsspec
 from cachefs import CacheFileSystem
-urls, cache_dir, shared = json.loads(sys.argv[1])
+urls, cache_dir, shared, lease = json.loads(sys.argv[1])
 fs = CacheFileSystem(target_protocol="http", cache_dir=cache_dir, shared=shared,
-                     chunk_size="256kB", skip_instance_cache=True)
+                     chunk_size="256kB", shared_lease=lease, skip_instance_cache=True)
 digests = {}
 for url in urls:
     digests[url] = hashlib.sha256(fs.cat_file(url)).hexdigest()
@@ -36,9 +36,11 @@ print(json.dumps({"digests": digests, "stats": fs.cache_stats()}))
 """
 
 
-def run_node(urls: list[str], cache_dir: Path, shared: str | dict) -> dict:
+def run_node(
+    urls: list[str], cache_dir: Path, shared: str | dict, lease: float = 30.0
+) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", NODE, json.dumps([urls, str(cache_dir), shared])],
+        [sys.executable, "-c", NODE, json.dumps([urls, str(cache_dir), shared, lease])],
         capture_output=True,
         text=True,
         check=True,
@@ -108,7 +110,7 @@ def test_node_killed_mid_publish_leaves_nothing_taken_for_good(dataset, tmp_path
                 sys.executable,
                 "-c",
                 NODE,
-                json.dumps([urls, str(tmp_path / "a"), shared]),
+                json.dumps([urls, str(tmp_path / "a"), shared, 1.0]),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
@@ -117,7 +119,8 @@ def test_node_killed_mid_publish_leaves_nothing_taken_for_good(dataset, tmp_path
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         origin.bandwidth = None
-        b = run_node(urls, tmp_path / "b", shared)
+        # The dead node's chunk leases (1 s) delay B by about that, no more.
+        b = run_node(urls, tmp_path / "b", shared, lease=1.0)
         want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
     assert b["stats"]["shared"]["checksum_failures"] == 0
     assert b["digests"] == want
@@ -216,3 +219,51 @@ def test_two_nodes_share_an_s3_bucket(dataset, tmp_path, s3_server, s3_bucket):
         assert c["stats"]["shared"]["checksum_failures"] == 1
         assert 0 < origin.stats.bytes_sent <= 256_000
     assert a["digests"] == want and b["digests"] == want and c["digests"] == want
+
+
+def test_rank_partitioned_warm_fills_the_shared_tier_once(dataset, tmp_path):
+    """``warm --rank/--world-size --to shared`` on three "nodes" at once: the
+    dataset comes from the origin once; a second job's nodes (empty disks)
+    then read all of it with no origin bytes."""
+    shared = f"file://{tmp_path / 'shared'}"
+    total = sum(len(v) for v in dataset.values())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC")}
+    env["FSSPEC_CONFIG_DIR"] = str(tmp_path / "no-config")
+    world = 3
+    with HTTPOrigin(files=dataset, latency=0.02) as origin:
+        base = origin.url_for("ds/")
+        warms = []
+        for rank in range(world):
+            argv = [sys.executable, "-m", "cachefs.cli", "warm", base,
+                    "--to", "shared", "--shared", shared,
+                    "--cache-dir", str(tmp_path / f"warm-{rank}"),
+                    "--chunk-size", "256kB", "--rank", str(rank),
+                    "--world-size", str(world), "--json"]  # fmt: skip
+            warms.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                    cwd=REPO,
+                )
+            )
+        reports = []
+        for proc in warms:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            reports.append(json.loads(out))
+        paths = [p for r in reports for p in r["paths"]]
+        assert sorted(paths) == sorted(set(paths)) and len(paths) == len(dataset)
+        assert all(r["paths"] for r in reports)  # every rank warmed a share
+        assert origin.stats.bytes_sent == total  # once, cluster-wide
+        assert sum(r["origin_bytes"] for r in reports) == total
+        origin.reset_stats()
+        urls = [origin.url_for(n) for n in sorted(dataset)]
+        want = {origin.url_for(n): sha(d) for n, d in dataset.items()}
+        for node in ("job2-a", "job2-b"):  # the second job's start
+            got = run_node(urls, tmp_path / node, shared)
+            assert got["digests"] == want
+            assert got["stats"]["shared"]["hit_bytes"] == total
+        assert origin.stats.bytes_sent == 0

@@ -11,6 +11,11 @@ a rename where the engine renames atomically (local and network
 filesystems), else a single PUT under the final, content-addressed key
 (object stores make an object visible only complete). Budget and eviction
 are the engine's business (quotas, lifecycle rules); ``clear()`` empties it.
+
+Where the engine has an atomic create (:mod:`cachefs.tiers.lease`), a chunk
+missing here is fetched from the origin by one node cluster-wide
+(:meth:`SharedTier.fill_once`): the node that takes the chunk's lease fetches
+and publishes it, the others wait for it to appear here.
 """
 
 from __future__ import annotations
@@ -21,34 +26,27 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.chunks import ChunkKey
+from cachefs.tiers.lease import Leases, call_fs
 from cachefs.tiers.record import RecordCodec
 
-__all__ = ["SharedStats", "SharedTier", "call_fs"]
+__all__ = ["SharedStats", "SharedTier", "call_fs"]  # call_fs: re-exported
 
 log = logging.getLogger(__name__)
 
 # Protocols whose rename is atomic and whose writes can be seen half-done.
 _RENAMING = frozenset({"file", "local"})
 
-
-async def call_fs(
-    fs: AbstractFileSystem, method: str, *args: Any, **kwargs: Any
-) -> Any:
-    """Call ``fs.<method>`` natively when async, else on a worker thread."""
-    if fs.async_impl:
-        coro = getattr(fs, "_" + method)(*args, **kwargs)
-        if fs.asynchronous or fs.loop is asyncio.get_running_loop():
-            return await coro
-        return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(coro, fs.loop)
-        )
-    return await asyncio.to_thread(getattr(fs, method), *args, **kwargs)
+# Polling for a chunk another node fetches: first and longest pause, seconds.
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.5
 
 
 @dataclass(slots=True)
@@ -65,6 +63,12 @@ class SharedStats:
         Records found damaged or partial: never served.
     errors
         Failed calls to the engine (counted, logged, never raised).
+    leases, lease_takeovers
+        Chunk leases this process took, and how many of them it took over
+        from a holder whose lease had expired.
+    lease_waits, lease_timeouts
+        Chunks this process waited for while another node fetched them, and
+        waits that ran out (the chunk was then fetched here).
     """
 
     hits: int = 0
@@ -74,6 +78,10 @@ class SharedStats:
     put_bytes: int = 0
     checksum_failures: int = 0
     errors: int = 0
+    leases: int = 0
+    lease_takeovers: int = 0
+    lease_waits: int = 0
+    lease_timeouts: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
@@ -91,12 +99,21 @@ class SharedTier:
         The tier's directory or key prefix on ``fs``.
     codec
         numcodecs codec for new records, or ``None``.
+    lease_time
+        Seconds a chunk lease holds (cross-node single flight); ``0`` turns
+        leases off.
     """
 
     name = "shared"
 
-    def __init__(self, fs: AbstractFileSystem, root: str, codec: Any = None) -> None:
-        self.fs = fs
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        root: str,
+        codec: Any = None,
+        *,
+        lease_time: float = 30.0,
+    ) -> None:
         self.root = root.rstrip("/")
         self.stats = SharedStats()
         self._records = RecordCodec(codec)
@@ -104,6 +121,24 @@ class SharedTier:
         self.protocol = protocol
         self.renames = protocol in _RENAMING
         self._tag = f"{socket.gethostname()}.{os.getpid()}"
+        self.lease_time = lease_time
+        self.leases: Leases | None = (
+            Leases(fs, self.root, protocol, lease_time, self._tag, self.stats)
+            if lease_time > 0
+            else None
+        )
+        self.fs = fs
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The engine's fsspec filesystem (renewed after a fork)."""
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: AbstractFileSystem) -> None:
+        self._fs = fs
+        if self.leases is not None:
+            self.leases.fs = fs
 
     def path_for(self, digest: str) -> str:
         """Return the record's path on the engine."""
@@ -111,11 +146,14 @@ class SharedTier:
 
     async def get(self, key: ChunkKey) -> memoryview | None:
         """Return the verified chunk, or ``None`` (missing, damaged, error)."""
+        return await self._get(key, count_miss=True)
+
+    async def _get(self, key: ChunkKey, *, count_miss: bool) -> memoryview | None:
         path = self.path_for(key.digest)
         try:
             data = await call_fs(self.fs, "cat_file", path)
         except FileNotFoundError:
-            self.stats.misses += 1
+            self.stats.misses += count_miss
             return None
         except Exception as exc:
             self.stats.errors += 1
@@ -140,7 +178,18 @@ class SharedTier:
         return chunk
 
     async def put(self, key: ChunkKey, chunk: memoryview) -> None:
-        """Publish ``chunk`` atomically; failures are counted, never raised."""
+        """Publish ``chunk`` atomically; failures are counted, never raised.
+
+        Then, published or not, the chunk's lease is released if this
+        process holds it: waiting nodes find the chunk, or fetch it.
+        """
+        try:
+            await self._put(key, chunk)
+        finally:
+            if self.leases is not None:
+                await asyncio.shield(self.leases.release(key.digest))
+
+    async def _put(self, key: ChunkKey, chunk: memoryview) -> None:
         head, payload = self._records.encode(chunk.cast("B"), key.digest)
         blob = head + payload.tobytes()  # one copy, off the read path
         final = self.path_for(key.digest)
@@ -166,10 +215,108 @@ class SharedTier:
 
     async def clear(self) -> None:
         """Remove every record (other nodes simply refetch)."""
-        for sub in ("chunks", "tmp"):
+        for sub in ("chunks", "tmp", "leases"):
             path = f"{self.root}/{sub}"
             with contextlib.suppress(FileNotFoundError):
                 await call_fs(self.fs, "rm", path, recursive=True)
+
+    async def fill_once(
+        self,
+        keys: list[ChunkKey],
+        fetch: Callable[[list[ChunkKey]], Awaitable[None]],
+        accept: Callable[[ChunkKey, memoryview], Awaitable[None]],
+    ) -> None:
+        """Fetch ``keys`` (missing here) from the origin once cluster-wide.
+
+        This process takes the lease of each key it can and calls ``fetch``
+        with those (it must deliver them and publish them with :meth:`put`,
+        which releases their leases). The keys another node holds the lease
+        of are waited for: polled here with backoff for at most about the
+        lease time, handed to ``accept`` when published, else fetched with
+        ``fetch`` too. Without leases (off, or an engine with no atomic
+        create), ``fetch`` gets every key.
+
+        Raises
+        ------
+        Exception
+            The first failure of ``fetch`` or ``accept``, once every key's
+            fetch or wait has ended.
+        """
+        leases = self.leases
+        if leases is None or not keys or not await leases.usable():
+            await fetch(keys)
+            return
+        won = await asyncio.gather(*(leases.take(k.digest) for k in keys))
+        theirs = [k for k, w in zip(keys, won, strict=True) if not w]
+        mine = [k for k, w in zip(keys, won, strict=True) if w]
+        self.stats.lease_waits += len(theirs)
+        # Published (and its lease released) between our miss and our take?
+        found = await asyncio.gather(*(self._recheck(k) for k in mine))
+        done = [(k, v) for k, v in zip(mine, found, strict=True) if v is not None]
+        mine = [k for k, v in zip(mine, found, strict=True) if v is None]
+
+        async def fetch_leased(group: list[ChunkKey]) -> None:
+            try:
+                await fetch(group)
+            except BaseException:
+                # put() releases the leases of what was fetched; a failed
+                # fetch gives the others back at once (shielded: a cancelled
+                # fill must not leave leases to expire).
+                await asyncio.shield(
+                    asyncio.gather(*(leases.release(k.digest) for k in group))
+                )
+                raise
+
+        async def wait(key: ChunkKey) -> None:
+            view = await self._await_peer(key)
+            if view is not None:
+                await accept(key, view)
+            else:
+                await fetch_leased([key])
+
+        jobs = [accept(k, v) for k, v in done] + [wait(k) for k in theirs]
+        if mine:
+            jobs.append(fetch_leased(mine))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _await_peer(self, key: ChunkKey) -> memoryview | None:
+        """Wait for another node to publish ``key``; ``None``: fetch it here.
+
+        Polls with backoff. Ends when the chunk is here, when this process
+        takes its lease (released, or expired: its holder died), or after
+        the lease time: every wait is bounded.
+        """
+        leases = self.leases
+        assert leases is not None
+        deadline = time.monotonic() + self.lease_time
+        delay = _POLL_FIRST
+        while True:
+            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, _POLL_MAX)
+            view = await self._get(key, count_miss=False)
+            if view is not None:
+                return view
+            if await leases.take(key.digest):
+                # Released because it was published just now, or expired.
+                return await self._recheck(key)
+            if time.monotonic() >= deadline:
+                self.stats.lease_timeouts += 1
+                return None
+
+    async def _recheck(self, key: ChunkKey) -> memoryview | None:
+        """Look for ``key`` once more after taking its lease.
+
+        A chunk published (and its lease released) between a miss and the
+        take is found here, and the lease given back, rather than fetched
+        twice.
+        """
+        view = await self._get(key, count_miss=False)
+        if view is not None and self.leases is not None:
+            await self.leases.release(key.digest)
+        return view
 
     async def _remove_quietly(self, path: str) -> None:
         try:
