@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    cluster,
     cold_shards,
     compression,
     disk_writes,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "loader_stall": loader_stall.run,
     "s3_cold": s3_cold.run,
     "disk_writes": disk_writes.run,
+    "cluster": cluster.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

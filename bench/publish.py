@@ -6,7 +6,9 @@ not, the machine) and PNG plots next to it:
 - ``throughput.png``: throughput per scenario per system;
 - ``epoch_hit_rate.png``: hit rate per epoch per policy against the
   cache/dataset bound;
-- ``wait_time.png``: time waiting for data per epoch, per system.
+- ``wait_time.png``: time waiting for data per epoch, per system;
+- ``cluster_model.png``: the cluster model against real node processes,
+  and its projection to 760 nodes.
 
 Run ``python -m bench.publish`` after ``python -m bench``; ``python -m bench``
 also calls it at the end of a run.
@@ -269,6 +271,7 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             _plot_throughput(docs, out),
             _plot_epochs(docs, out),
             _plot_wait(docs, out),
+            _plot_cluster(docs, out),
         )
         plots = [p for p in found if p is not None]
     lines = [
@@ -348,3 +351,80 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def _plot_cluster(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Plot the cluster model: validation (model vs measured) and projection.
+
+    Left: per validation run and epoch, origin fraction and disk hit rate,
+    model beside measured. Right: the projection's per-GPU bandwidth and
+    origin traffic per epoch per case, against the 1 GB/s-per-GPU aim.
+    """
+    doc = next((d for d in docs if d["scenario"] == "cluster"), None)
+    if doc is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(doc)
+    checks = [
+        r for r in rows if r.detail.get("metric") in ("origin", "disk hit") and r.detail
+    ]
+    bandwidth = [r for r in rows if r.unit == "GB/s per GPU"]
+    origin = [r for r in rows if r.unit == "PB/epoch"]
+    if not checks or not bandwidth:
+        return None
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        3,
+        1,
+        figsize=(9, 4 + 0.32 * len(checks) + 0.5 * len(bandwidth)),
+        gridspec_kw={"height_ratios": [len(checks), len(bandwidth), len(origin)]},
+    )
+    labels = [r.row for r in checks]
+    pos = list(range(len(checks)))
+    h = 0.4
+    model = ax1.barh(
+        [p - h / 2 for p in pos],
+        [r.value for r in checks],
+        h,
+        color=_color("model"),
+        label="model",
+    )
+    measured = ax1.barh(
+        [p + h / 2 for p in pos],
+        [r.detail["measured"] for r in checks],
+        h,
+        color=_color("cachefs"),
+        label="measured (cachefs)",
+    )
+    for bars in (model, measured):
+        ax1.bar_label(bars, fmt="%.2f", padding=2, fontsize=_FONT - 3)
+    ax1.set_yticks(pos, labels)
+    ax1.set_xlim(0, 1.2)
+    ax1.set_xlabel("fraction of the bytes read", fontsize=_FONT)
+    mode = "quick" if doc.get("quick") else "full"
+    ax1.set_title(f"Validation: model vs measured ({mode})", fontsize=_FONT + 1)
+    ax1.legend(fontsize=_FONT - 2, loc="lower right")
+    for ax, data, unit, fmt in (
+        (ax2, bandwidth, "GB/s per GPU (dashed: aim 1 GB/s)", "%.2f"),
+        (ax3, origin, "origin PB per epoch", "%.3g"),
+    ):
+        names = [r.row.rsplit(":", 1)[0] for r in data]
+        drawn = ax.barh(names, [r.value for r in data], color=_color("model"))
+        ax.bar_label(drawn, fmt=fmt, padding=3, fontsize=_FONT - 2)
+        ax.set_xlabel(unit, fontsize=_FONT)
+        ax.set_xlim(right=max(r.value for r in data) * 1.25 or 1)
+        ax.invert_yaxis()
+        if ax is ax2:
+            ax.axvline(1.0, color="black", linestyle="--")
+            ax.set_title("Projection: 760 nodes x 8 GPUs", fontsize=_FONT + 1)
+    ax1.invert_yaxis()
+    for ax in (ax1, ax2, ax3):
+        ax.tick_params(labelsize=_FONT - 2)
+    fig.tight_layout()
+    path = out / "cluster_model.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
