@@ -249,11 +249,13 @@ class CachedFile(io.RawIOBase):
         # A chunk on disk but not yet mapped in this process (a fresh worker
         # over a warm cache) counts as held: a stat here costs far less than
         # waking the loop to find it there.
-        held = self._router.holds
+        held, in_hand, arriving = self._router.holds, self._held, self._arriving
         keys = [
             key
             for key in (self._key(i) for i in range(first_index, last_index + 1))
-            if not held(key, probe_disk=True)
+            if not (
+                key.index in in_hand or key in arriving or held(key, probe_disk=True)
+            )
         ]
         if keys:
             self._ra_issued.extend(keys)
