@@ -7,6 +7,8 @@ not, the machine) and PNG plots next to it:
 - ``epoch_hit_rate.png``: hit rate per epoch per policy against the
   cache/dataset bound;
 - ``wait_time.png``: time waiting for data per epoch, per system;
+- ``loader_peers.png``: samples/s per epoch per system, and origin bytes ÷
+  dataset per epoch at cache = half the dataset against the bound;
 - ``cluster_model.png``: the cluster model against real node processes,
   and its projection to 760 nodes.
 
@@ -206,6 +208,80 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     return path
 
 
+def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Samples/s and origin ÷ dataset per epoch for cachefs and its peers."""
+    doc = next((d for d in docs if d["scenario"] == "loader_peers"), None)
+    if doc is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate: dict[str, dict[int, float]] = defaultdict(dict)
+    origin: dict[str, dict[int, float]] = defaultdict(dict)
+    bound = None
+    for row in _rows(doc):
+        config, epoch = row.detail.get("config"), row.detail.get("epoch")
+        if epoch is None:
+            continue
+        key = f"{row.system} ({'cache = half' if config == 'half' else 'big cache'})"
+        if row.unit == "samples/s":
+            rate[key][epoch] = row.value
+        elif row.unit == "x dataset" and config == "half":
+            origin[row.system][epoch] = row.value
+            bound = row.detail.get("bound", bound)
+    if not rate:
+        return None
+
+    def style(system: str) -> dict[str, Any]:
+        # Two cachefs paths: ShardDataset in orange, webdataset over
+        # cachefs:: in a lighter orange, dashed.
+        if "webdataset" in system and "cachefs" in system:
+            return {"color": "#f5b041", "linestyle": "--"}
+        return {"color": _color(system), "linestyle": "-"}
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for key, values in rate.items():
+        epochs = sorted(values)
+        look = style(key)
+        if "cache = half" in key:
+            look["linestyle"] = ":"
+        left.plot(epochs, [values[e] for e in epochs], marker="o", label=key, **look)
+    left.set_xlabel("epoch (0 = cold)", fontsize=_FONT)
+    left.set_ylabel("samples/s (2 workers, batch 32)", fontsize=_FONT)
+    left.set_title("Samples/s per epoch", fontsize=_FONT + 1, loc="left")
+    left.legend(fontsize=_FONT - 4)
+    for system, values in origin.items():
+        epochs = sorted(values)
+        right.plot(
+            epochs,
+            [values[e] for e in epochs],
+            marker="o",
+            label=system,
+            **style(system),
+        )
+    if bound is not None:
+        right.axhline(
+            bound, linestyle="--", color="black", label="bound: 1 - cache/dataset"
+        )
+    right.set_xlabel("epoch (0 = cold)", fontsize=_FONT)
+    right.set_ylabel("origin bytes ÷ dataset", fontsize=_FONT)
+    right.set_title("Cache = half the dataset", fontsize=_FONT + 1, loc="left")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=_FONT - 3)
+    for ax in (left, right):
+        ax.tick_params(labelsize=_FONT - 1)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    mode = "quick" if doc.get("quick") else "full"
+    fig.suptitle(f"loader_peers ({mode}): S3 via a 20 ms proxy", fontsize=_FONT + 1)
+    fig.tight_layout()
+    path = out / "loader_peers.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _is_cachefs(system: str) -> bool:
     return _color(system) == _color("cachefs")
 
@@ -271,6 +347,7 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             _plot_throughput(docs, out),
             _plot_epochs(docs, out),
             _plot_wait(docs, out),
+            _plot_loader_peers(docs, out),
             _plot_cluster(docs, out),
         )
         plots = [p for p in found if p is not None]
