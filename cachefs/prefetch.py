@@ -293,6 +293,8 @@ class PrefetchHandle:
         self._future: ThreadFuture[None] | asyncio.Task[None] | None = None
         #: Fetches in flight per path, oldest path first.
         self._pending: dict[str, int] = {}
+        #: The item its consumer reads now (see :meth:`reached`).
+        self._reader_at = -1
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -312,6 +314,16 @@ class PrefetchHandle:
         """
         paths = list(self._pending)  # one atomic copy: the loop mutates it
         return paths[0] if paths else None
+
+    def reached(self, index: int) -> None:
+        """Say that the consumer has started to read item ``index``.
+
+        Items up to it are no longer fetched ahead: the consumer's own reads
+        (and readahead) fetch what it needs of them, and a chunk it already
+        read — which a full cache may not have kept — is not fetched again.
+        Safe from any thread.
+        """
+        self._reader_at = max(self._reader_at, index)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until finished; return False on timeout.
@@ -356,10 +368,12 @@ class PrefetchHandle:
     async def run(self) -> None:
         """Fetch the items in order (runs on the filesystem's loop).
 
-        At most :data:`DEPTH` batches are in flight at once, so the next
-        shard arrives first rather than all shards sharing the bandwidth;
-        a file's first batch also tells its version (no HEAD) where that is
-        allowed, and the versions of the next files are looked up ahead.
+        At most :data:`DEPTH` batches of known files are in flight at once,
+        so the next shard arrives first rather than all shards sharing the
+        bandwidth. A new file's first batch also tells its version (no HEAD)
+        where that is allowed; the first batches of the next files (up to
+        ``lookahead``) start at once as far as the staging budget allows,
+        so a file's first request never waits for another file's headers.
         """
         self._task = asyncio.current_task()
         fs, router = self.fs, self.fs.router
@@ -376,8 +390,6 @@ class PrefetchHandle:
         # A batch never asks for more than the whole budget.
         group = max(1, min(router.max_coalesce, staging.limit) // cs)
 
-        seen = {"files": 0, "bytes": 0}
-
         def look_up(i: int) -> None:
             if i >= len(self.items) or i in resolving:
                 return
@@ -387,21 +399,27 @@ class PrefetchHandle:
             if not fs._first_read_fetches(path):
                 resolving[i] = asyncio.ensure_future(fs._version(path))
                 return
-            # Small files: one request each, and at most one round trip apart
-            # is too slow; read several ahead at once, within the budget.
-            small = seen["files"] and seen["bytes"] / seen["files"] < group * cs / 4
-            if small and len(resolving) < lookahead:
-                first, span = self._first_span(self.items[i], group)
-                if staging.try_reserve(span):
-                    resolving[i] = asyncio.ensure_future(
-                        self._first_read(path, first, span)
-                    )
+            # A new file's first read tells its version: put the first reads
+            # of the next files in flight now, as far as the budget allows,
+            # so no file's request waits for another file's headers.
+            first, span = self._first_span(self.items[i], group)
+            if staging.try_reserve(span):
+                resolving[i] = asyncio.ensure_future(
+                    self._first_read(path, first, span)
+                )
 
         try:
             for i, item in enumerate(self.items):
                 for ahead in range(i, min(i + lookahead, len(self.items))):
                     look_up(ahead)
                 path = _item_path(item)
+                if i <= self._reader_at:
+                    # Its reader is there already. A first read under way is
+                    # left to finish: the reader's open may be sharing it.
+                    task = resolving.pop(i, None)
+                    if task is not None:
+                        task.add_done_callback(_quiet)
+                    continue
                 start, end = (None, None) if isinstance(item, str) else item[1:]
                 self._pending.setdefault(path, 0)  # its version, maybe
                 try:
@@ -417,8 +435,6 @@ class PrefetchHandle:
                     if not self._pending.get(path):
                         self._pending.pop(path, None)
                 lo, hi = fs._clip(version.size, start, end)
-                seen["files"] += 1
-                seen["bytes"] += version.size
                 if hi <= lo:
                     continue
                 self.total_bytes += hi - lo
@@ -426,6 +442,8 @@ class PrefetchHandle:
                 for g in range(0, len(keys), group):
                     while len(in_flight) >= DEPTH:
                         await in_flight.popleft()
+                    if i <= self._reader_at:
+                        break  # the reader caught up: it reads the rest
                     batch = keys[g : g + group]
                     self._keys.extend(batch)
                     futures = await router.prefetch(batch, wait=True)

@@ -67,6 +67,34 @@ def test_explicit_prefetch_then_read_costs_no_wait(origin, shard_files, make_fs)
     assert origin.stats.bytes_sent == sent
 
 
+def test_prefetch_puts_many_files_first_reads_in_flight_at_once(make_fs):
+    # Large files (over 4 MiB) used to be resolved one at a time: a file's
+    # first GET waited for the previous file's headers.
+    files = make_shards(8, 8 * MiB, seed=13, prefix="wide/")
+    latency = 0.1
+    with HTTPOrigin(files=files, latency=latency) as server:
+        fs = make_fs(ram_limit="128MiB", disk_limit=0)
+        urls = [server.url_for(n) for n in sorted(files)]
+        began = time.perf_counter()
+        handle = fs.prefetch(urls)
+        assert handle.wait(timeout=30)
+        elapsed = time.perf_counter() - began
+        assert not handle.failed
+        assert handle.progress == (64 * MiB, 64 * MiB)
+        stats = server.stats
+        # One GET per file, no HEAD; all the files' first GETs overlapped.
+        assert stats.head_requests == 0
+        assert stats.get_requests == len(files)
+        assert stats.max_concurrent >= 6
+        # Eight round trips one after another would take 0.8 s.
+        assert elapsed < 5 * latency, elapsed
+        assert stats.bytes_sent == 64 * MiB
+        for url, name in zip(urls, sorted(files), strict=True):
+            assert fs.cat_file(url) == files[name]
+        assert server.stats.bytes_sent == 64 * MiB
+        fs.close()
+
+
 def test_prefetch_respects_its_byte_budget(origin, make_fs):
     files = make_shards(6, 3 * MiB, seed=3, prefix="budget/")
     for name, data in files.items():

@@ -13,6 +13,7 @@ is consumed.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import posixpath
@@ -399,8 +400,8 @@ class ShardDataset(_Base):  # type: ignore[misc]
         epoch = self.epoch
         spans = self._spans(epoch, world)
         fs = self._filesystem()
-        handle = self._start_prefetch(fs, spans)
-        samples: Iterator[Sample] = self._samples(fs, spans)
+        handle, marks = self._start_prefetch(fs, spans)
+        samples: Iterator[Sample] = self._samples(fs, spans, handle, marks)
         try:
             if self.shuffle_buffer > 1:
                 rng = random.Random(
@@ -421,25 +422,94 @@ class ShardDataset(_Base):  # type: ignore[misc]
             if handle is not None:
                 handle.cancel()
 
-    def _samples(self, fs: Any, spans: list[Span]) -> Iterator[Sample]:
-        for shard, first, stop in spans:
+    def _samples(
+        self,
+        fs: Any,
+        spans: list[Span],
+        handle: PrefetchHandle | None,
+        marks: list[int],
+    ) -> Iterator[Sample]:
+        store = self._offsets_store(fs)
+        for j, (shard, first, stop) in enumerate(spans):
+            if handle is not None:
+                # The prefetch stops fetching what this reader has reached:
+                # behind a reader, it would fetch chunks again that the
+                # reader read and no tier kept.
+                handle.reached(marks[j])
             yield from self._reader.read(
-                fs, self.urls[shard], self._indexes[shard], first, stop
+                fs,
+                self.urls[shard],
+                self._indexes[shard],
+                first,
+                stop,
+                store,
+                functools.partial(self._learned, shard),
             )
 
-    def _start_prefetch(self, fs: Any, spans: list[Span]) -> PrefetchHandle | None:
+    def _learned(self, shard: int, index: ShardIndex) -> None:
+        if index.samples == self._indexes[shard].samples:
+            self._indexes[shard] = index
+
+    def _offsets_store(self, fs: Any) -> IndexStore | None:
+        """Where tar sample offsets learned while reading are kept.
+
+        Only for tar shards of which just the counts were given: a part of
+        a shard that starts mid-shard (where two consumers split it) needs
+        the offsets, or it reads every header — every chunk — before it.
+        """
+        if self._reader.format != "tar" or all(
+            ix.bounds is not None for ix in self._indexes
+        ):
+            return None
+        return _index_store(fs)
+
+    def _known_index(self, fs: Any, shard: int, first: int, stop: int) -> ShardIndex:
+        """Return the shard's index, with offsets where a reader learned them."""
+        index = self._indexes[shard]
+        partial = first > 0 or stop < index.samples
+        if index.bounds is not None or not partial:
+            return index
+        store = self._offsets_store(fs)
+        if store is None or not isinstance(fs, CacheFileSystem):
+            return index
+        # No I/O: the version as this cache (any process) last saw it.
+        version = fs._known_version(fs._target_path(self.urls[shard]))
+        known = None if version is None else store.get(version, "tar")
+        if known is None or known.samples != index.samples:
+            return index
+        self._indexes[shard] = known
+        return known
+
+    def _start_prefetch(
+        self, fs: Any, spans: list[Span]
+    ) -> tuple[PrefetchHandle | None, list[int]]:
+        """Start the prefetch of ``spans``.
+
+        Returns the handle and, per span, the index of the last prefetch
+        item at or before it.
+        """
         start = getattr(fs, "prefetch", None)
         if not self.prefetch or not spans or start is None:
-            return None
-        items = [
-            (self.urls[s], *self._reader.byte_range(self._indexes[s], a, b))
-            for s, a, b in spans
-        ]
+            return None, []
+        items: list[tuple[str, int, int | None]] = []
+        marks: list[int] = []
+        for s, a, b in spans:
+            index = self._known_index(fs, s, a, b)
+            if index.bounds is None and b < index.samples:
+                # Where this part ends is unknown: prefetching the whole
+                # shard would fetch the rest, which another consumer reads.
+                # The file's own readahead follows the reader instead.
+                marks.append(len(items) - 1)
+                continue
+            marks.append(len(items))
+            items.append((self.urls[s], *self._reader.byte_range(index, a, b)))
+        if not items:
+            return None, []
         try:
             handle: PrefetchHandle = start(items)
         except ValueError:  # the filesystem has prefetch off (prefetch_limit=0)
-            return None
-        return handle
+            return None, []
+        return handle, marks
 
     def _filesystem(self) -> Any:
         fs = self.fs

@@ -17,7 +17,7 @@ cache evicts their chunk, and are read-only.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cachefs.data.errors import ShardFormatError
@@ -114,9 +114,24 @@ class ShardReader:
     # -- read ----------------------------------------------------------------
 
     def read(
-        self, fs: Any, url: str, index: ShardIndex, first: int, stop: int
+        self,
+        fs: Any,
+        url: str,
+        index: ShardIndex,
+        first: int,
+        stop: int,
+        store: IndexStore | None = None,
+        learned: Callable[[ShardIndex], None] | None = None,
     ) -> Iterator[Sample]:
         """Yield samples ``[first, stop)`` of ``url``, in shard order.
+
+        For a tar shard whose sample offsets are unknown (``index`` has only
+        its count), ``store`` supplies them when a reader in any process
+        went through the whole shard before, and a read that goes through
+        it now records them there; ``learned`` is handed the full index
+        either way. A part that starts mid-shard then seeks to its first
+        sample instead of reading every header (and so every chunk) before
+        it again.
 
         Raises
         ------
@@ -134,8 +149,48 @@ class ShardReader:
         with fs.open(url, "rb") as f:
             if self.format == "raw":
                 yield from self._read_raw(f, url, first, stop)
-            else:
-                yield from self._read_tar(f, url, index, first, stop)
+                return
+            version = getattr(f, "version", None)
+            if store is None or index.bounds is not None or version is None:
+                yield from self._read_tar(
+                    self._piece(fs, url, f, index, stop), url, index, first, stop
+                )
+                return
+            if first > 0 or stop < index.samples:
+                known = store.get(version, "tar")
+                if known is not None and known.samples == index.samples:
+                    if learned is not None:
+                        learned(known)
+                    yield from self._read_tar(
+                        self._piece(fs, url, f, known, stop), url, known, first, stop
+                    )
+                    return
+
+            def keep(found: ShardIndex) -> None:
+                store.put(version, "tar", found)
+                if learned is not None:
+                    learned(found)
+
+            yield from self._read_tar(f, url, index, first, stop, keep)
+
+    @staticmethod
+    def _piece(fs: Any, url: str, f: Any, index: ShardIndex, stop: int) -> Any:
+        """Return what to read samples ``[..., stop)`` of a tar shard from.
+
+        A part that ends inside a shard (another consumer reads the rest) is
+        read with ``cat_file`` up to its last byte: the file object's
+        readahead would fetch the other consumer's chunks too, which a full
+        cache does not keep for it. Anything else reads the file object.
+        """
+        size = getattr(f, "size", None)
+        if (
+            index.bounds is None
+            or stop >= index.samples
+            or getattr(f, "read_view", None) is None
+            or not isinstance(size, int)
+        ):
+            return f
+        return _Piece(fs, url, size, index.bounds[stop])
 
     def _read_raw(self, f: Any, url: str, first: int, stop: int) -> Iterator[Sample]:
         read = getattr(f, "read_view", None)
@@ -155,7 +210,13 @@ class ShardReader:
             yield {"__key__": f"{name}/{i}", "__url__": url, "data": view}
 
     def _read_tar(
-        self, f: Any, url: str, index: ShardIndex, first: int, stop: int
+        self,
+        f: Any,
+        url: str,
+        index: ShardIndex,
+        first: int,
+        stop: int,
+        indexed: Callable[[ShardIndex], None] | None = None,
     ) -> Iterator[Sample]:
         reader = TarReader(f, url)
         expected = stop - first
@@ -181,3 +242,43 @@ class ShardReader:
                 f"found {first + n} samples where {stop} were expected "
                 "(the shard changed, or its sample count is wrong)",
             )
+        if (
+            indexed is not None
+            and index.bounds is None
+            and stop == index.samples
+            and len(reader.starts) == index.samples
+        ):
+            # Read from the start through to the end: every sample's offset
+            # was passed on the way.
+            indexed(ShardIndex(index.samples, (*reader.starts, reader.stopped_at)))
+
+
+class _Piece:
+    """A shard's bytes up to ``end``, read with ``fs.cat_file``: no readahead.
+
+    Seekable and readable as a file of ``size`` bytes; nothing at or past
+    ``end`` is ever read (a read stops there).
+    """
+
+    def __init__(self, fs: Any, url: str, size: int, end: int) -> None:
+        self.fs = fs
+        self.url = url
+        self.size = size
+        self._end = min(end, size)
+        self._pos = 0
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        base = (0, self._pos, self.size)[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1, /) -> bytes:
+        stop = self._end if size < 0 else min(self._pos + size, self._end)
+        if stop <= self._pos:
+            return b""
+        data: bytes = self.fs.cat_file(self.url, self._pos, stop)
+        self._pos = stop
+        return data

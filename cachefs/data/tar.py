@@ -162,6 +162,10 @@ class TarReader:
         self._base = 0
         #: Where the last :meth:`samples` call stopped reading headers.
         self.stopped_at = 0
+        #: Where each sample the last :meth:`samples` call passed starts,
+        #: skipped ones included: a reader that went through a whole shard
+        #: has thereby indexed it.
+        self.starts: list[int] = []
 
     def _bytes(self, offset: int, n: int) -> memoryview:
         """Return the shard's bytes ``[offset, offset + n)`` (fewer at its end).
@@ -331,6 +335,7 @@ class TarReader:
         first_at = start
         index = -1
         produced = 0
+        starts = self.starts = []
         while end is None or pos < end:
             member = self.member_at(pos)
             if member is None:
@@ -346,6 +351,7 @@ class TarReader:
                     if limit is not None and produced >= limit:
                         break
                 key, fields, first_at = split[0], {}, member.start
+                starts.append(first_at)
                 index += 1
             field = split[1]
             if field in fields:
