@@ -34,7 +34,9 @@ def landing_buffer(nbytes: int) -> memoryview:
     if nbytes < HUGE_PAGE or size - nbytes > nbytes // 8:
         # Small, or a tail that would waste over 1/8 of its mapping.
         return memoryview(bytearray(nbytes))
-    mapped = mmap.mmap(-1, size)
+    # Private: Python's default for an anonymous map is MAP_SHARED, which is
+    # shmem, and shmem gets huge pages only under a separate setting.
+    mapped = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     with contextlib.suppress(AttributeError, OSError):  # no THP: plain pages
         mapped.madvise(mmap.MADV_HUGEPAGE)
     return memoryview(mapped)[:nbytes]
