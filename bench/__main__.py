@@ -30,6 +30,8 @@ from bench import (
     publish,
     s3_cold,
     single_flight,
+    user_loaders,
+    user_paths,
 )
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
 from cachefs import parse_size
@@ -51,6 +53,13 @@ SCENARIOS: dict[str, Scenario] = {
     "s3_cold": s3_cold.run,
     "disk_writes": disk_writes.run,
     "cluster": cluster.run,
+    "user_cold_open": user_paths.run_cold_open,
+    "user_cold_loader": user_loaders.run_cold_loader,
+    "user_warm_epoch": user_loaders.run_warm_epoch,
+    "user_warm_fresh": user_paths.run_warm_fresh,
+    "user_hot_ram": user_paths.run_hot_ram,
+    "user_random_fresh": user_paths.run_random_fresh,
+    "user_small_reads": user_paths.run_small_reads,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -10,7 +10,9 @@ not, the machine) and PNG plots next to it:
 - ``loader_peers.png``: samples/s per epoch per system, and origin bytes ÷
   dataset per epoch at cache = half the dataset against the bound;
 - ``cluster_model.png``: the cluster model against real node processes,
-  and its projection to 760 nodes.
+  and its projection to 760 nodes;
+- ``user_paths.png``: every targeted ratio of the ``user_*`` scenarios
+  (paths users take, issue 12) against its target.
 
 Run ``python -m bench.publish`` after ``python -m bench``; ``python -m bench``
 also calls it at the end of a run.
@@ -349,6 +351,7 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             _plot_wait(docs, out),
             _plot_loader_peers(docs, out),
             _plot_cluster(docs, out),
+            _plot_user_paths(docs, out),
         )
         plots = [p for p in found if p is not None]
     lines = [
@@ -502,6 +505,47 @@ def _plot_cluster(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
         ax.tick_params(labelsize=_FONT - 2)
     fig.tight_layout()
     path = out / "cluster_model.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_user_paths(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Targeted ratios of the ``user_*`` scenarios, each beside its target."""
+    bars: list[tuple[str, float, float, bool]] = []
+    for doc in docs:
+        if not doc["scenario"].startswith("user_"):
+            continue
+        for row in _rows(doc):
+            if row.target is None or row.ratio is None or row.ratio != row.ratio:
+                continue
+            bound = float(row.target.split()[1].rstrip("x"))
+            label = f"{doc['scenario']}: {row.system} vs {row.reference}"
+            bars.append((label, min(row.ratio, 10.0), bound, bool(row.met)))
+    if not bars:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(bars)))
+    labels = [_wrap(label, 60) for label, _, _, _ in bars]
+    ys = range(len(bars))
+    colours = ["#2ca02c" if met else "#d62728" for _, _, _, met in bars]
+    drawn = ax.barh(list(ys), [r for _, r, _, _ in bars], color=colours)
+    ax.bar_label(drawn, fmt="%.2fx", padding=3, fontsize=_FONT - 2)
+    for y, (_, _, bound, _) in zip(ys, bars, strict=True):
+        ax.plot([bound, bound], [y - 0.4, y + 0.4], color="black", linewidth=2)
+    ax.set_yticks(list(ys), labels, fontsize=_FONT - 3)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (> 1: cachefs better); black tick: target", fontsize=_FONT)
+    ax.set_title(
+        "User paths (issue 12): green met, red unmet", fontsize=_FONT + 1, loc="left"
+    )
+    ax.tick_params(axis="x", labelsize=_FONT - 1)
+    fig.tight_layout()
+    path = out / "user_paths.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

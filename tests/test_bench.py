@@ -207,3 +207,36 @@ def test_cold_shards_and_consumer_wait_tiny_run(
     issued = {r["system"]: r["value"] for r in wait["rows"] if r["row"][0] == "4"}
     # Shards of one chunk leave readahead nothing to do; prefetch fetches them.
     assert issued["cachefs prefetch+readahead: issued"] >= 1
+
+
+def test_user_path_scenarios_tiny_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [
+        "user_cold_open",
+        "user_warm_fresh",
+        "user_hot_ram",
+        "user_random_fresh",
+        "user_small_reads",
+    ]
+    # The two loader scenarios start torch DataLoader workers in several new
+    # processes (seconds each): left out to keep this test short.
+    assert {*names, "user_cold_loader", "user_warm_epoch"} <= set(SCENARIOS)
+    argv = [*names, "--quick", "--size", "1MiB", "--reps", "1"]
+    argv += ["--reads", "100", "--min-time", "0.001", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "origin model: HTTPOrigin (aiohttp) in its own process" in (
+        capsys.readouterr().out
+    )
+    for name in names:
+        doc = json.loads((tmp_path / f"{name}.json").read_text())
+        targeted = [r for r in doc["rows"] if r["target"] is not None]
+        assert targeted, name
+        for row in doc["rows"]:
+            assert _number(row["value"]) and row["value"] > 0, row
+            assert row["samples"] and all(_number(s) for s in row["samples"]), row
+        for row in targeted:
+            assert _number(row["ratio"]) and isinstance(row["met"], bool), row
+    small = json.loads((tmp_path / "user_small_reads.json").read_text())
+    policies = {r["system"] for r in small["rows"]}
+    assert {"cachefs policy=lru", "cachefs policy=epoch"} <= policies
