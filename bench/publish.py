@@ -429,10 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
-
 def _plot_cluster(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     """Plot the cluster model: validation (model vs measured) and projection.
 
@@ -549,3 +545,7 @@ def _plot_user_paths(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
