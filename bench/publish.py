@@ -90,11 +90,33 @@ def _wrap(text: str, width: int = 38) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+def _pyplot() -> Any:
+    """Return ``matplotlib.pyplot`` on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ticker() -> Any:
+    """Return ``matplotlib.ticker``."""
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def _save(plt: Any, fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write and close ``fig``; return where it went."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    plt = _pyplot()
 
     panels = []
     for doc in docs:
@@ -118,29 +140,20 @@ def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
         spread = max(values) / max(min(v for v in values if v > 0), 1e-9)
         if spread > 50:  # several decades: log, with a label on every decade
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(
-                matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
-            )
+            ax.xaxis.set_major_formatter(_ticker().FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlim(right=max(values) * (3 if spread > 50 else 1.18))
         ax.set_xlabel("MB/s (cachefs in orange)", fontsize=_FONT)
         ax.set_title(name, fontsize=_FONT + 1, loc="left")
         ax.invert_yaxis()
         ax.tick_params(axis="both", labelsize=_FONT - 2)
-    fig.tight_layout()
-    path = out / "throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "throughput.png", dpi=100)
 
 
 def _plot_epochs(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     doc = next((d for d in docs if d["scenario"] == "epoch_scan"), None)
     if doc is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     series: dict[str, list[float]] = defaultdict(list)
     bound = None
@@ -166,11 +179,7 @@ def _plot_epochs(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     ax.set_title(f"Shuffled epoch scans, dataset = 2x disk budget ({mode})")
     ax.tick_params(labelsize=_FONT - 1)
     ax.legend(fontsize=_FONT - 2)
-    fig.tight_layout()
-    path = out / "epoch_hit_rate.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "epoch_hit_rate.png", dpi=100)
 
 
 def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -183,10 +192,7 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
                 series[f"{doc['scenario']}: {row.system}"].append(float(wait))
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for system, values in series.items():
@@ -203,11 +209,7 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     ax.set_title("Data-loader wait per epoch")
     ax.tick_params(labelsize=_FONT - 1)
     ax.legend(fontsize=_FONT - 2)
-    fig.tight_layout()
-    path = out / "wait_time.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "wait_time.png", dpi=100)
 
 
 def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -215,10 +217,7 @@ def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None
     doc = next((d for d in docs if d["scenario"] == "loader_peers"), None)
     if doc is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rate: dict[str, dict[int, float]] = defaultdict(dict)
     origin: dict[str, dict[int, float]] = defaultdict(dict)
@@ -274,14 +273,10 @@ def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None
     right.legend(fontsize=_FONT - 3)
     for ax in (left, right):
         ax.tick_params(labelsize=_FONT - 1)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
     mode = "quick" if doc.get("quick") else "full"
     fig.suptitle(f"loader_peers ({mode}): S3 via a 20 ms proxy", fontsize=_FONT + 1)
-    fig.tight_layout()
-    path = out / "loader_peers.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "loader_peers.png", dpi=100)
 
 
 def _is_cachefs(system: str) -> bool:
@@ -439,10 +434,7 @@ def _plot_cluster(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     doc = next((d for d in docs if d["scenario"] == "cluster"), None)
     if doc is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = _rows(doc)
     checks = [
@@ -499,11 +491,7 @@ def _plot_cluster(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     ax1.invert_yaxis()
     for ax in (ax1, ax2, ax3):
         ax.tick_params(labelsize=_FONT - 2)
-    fig.tight_layout()
-    path = out / "cluster_model.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "cluster_model.png", dpi=100)
 
 
 def _plot_user_paths(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -520,10 +508,7 @@ def _plot_user_paths(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
             bars.append((label, min(row.ratio, 10.0), bound, bool(row.met)))
     if not bars:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(bars)))
     labels = [_wrap(label, 60) for label, _, _, _ in bars]
@@ -540,11 +525,7 @@ def _plot_user_paths(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
         "User paths (issue 12): green met, red unmet", fontsize=_FONT + 1, loc="left"
     )
     ax.tick_params(axis="x", labelsize=_FONT - 1)
-    fig.tight_layout()
-    path = out / "user_paths.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "user_paths.png", dpi=100)
 
 
 if __name__ == "__main__":
