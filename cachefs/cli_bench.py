@@ -158,19 +158,6 @@ def _origin(fs: CacheFileSystem) -> int:
     return int(fs.cache_stats()["origin"]["bytes"])
 
 
-class _Results(list[PassResult]):
-    """Pass results, each also handed to a callback as it is appended."""
-
-    def __init__(self, on_pass: Callable[[PassResult], None] | None) -> None:
-        super().__init__()
-        self._on_pass = on_pass
-
-    def append(self, result: PassResult) -> None:
-        super().append(result)
-        if self._on_pass is not None:
-            self._on_pass(result)
-
-
 def bench(
     settings: Settings,
     protocol: str,
@@ -194,14 +181,20 @@ def bench(
         for lo in range(0, size, block_size)
     ]
     total = sum(sizes)
-    results = _Results(on_pass)
+    results: list[PassResult] = []
+
+    def record(result: PassResult) -> None:
+        results.append(result)
+        if on_pass is not None:
+            on_pass(result)
+
     target = fsspec.filesystem(
         protocol, skip_instance_cache=True, **settings.target_options
     )
     secs, got = _timed(
         "fsspec", target.cat_file, blocks, jobs, total, heartbeat=heartbeat
     )
-    results.append(PassResult("fsspec", secs, got, got))
+    record(PassResult("fsspec", secs, got, got))
 
     root = settings.cache_dirs[0]
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -224,7 +217,7 @@ def bench(
                 after=cold.wait_idle,
                 heartbeat=heartbeat,
             )
-            results.append(PassResult("cold", secs, got, _origin(cold)))
+            record(PassResult("cold", secs, got, _origin(cold)))
         finally:
             cold.close()
 
@@ -233,7 +226,7 @@ def bench(
             secs, got = _timed(
                 "warm", warm.cat_file, blocks, jobs, total, heartbeat=heartbeat
             )
-            results.append(PassResult("warm", secs, got, _origin(warm)))
+            record(PassResult("warm", secs, got, _origin(warm)))
         finally:
             warm.close()
 
@@ -247,7 +240,7 @@ def bench(
                 )
                 in_ram = int(hot.cache_stats().get("ram", {}).get("usage", 0))
                 note = "" if in_ram >= total else "data exceeds --ram-limit"
-                results.append(PassResult("hot", secs, got, _origin(hot), note))
+                record(PassResult("hot", secs, got, _origin(hot), note))
             finally:
                 hot.close()
     finally:

@@ -144,6 +144,15 @@ class RangeRead:
         self.on_piece(self.pos, data)
         self.pos += len(data)
 
+    def deliver_all(self, whole: memoryview, base: int, hi: int) -> None:
+        """Deliver ``[pos, hi)`` from ``whole`` (file bytes from ``base``).
+
+        Parts are ``piece``-aligned slices of ``whole``: no copy.
+        """
+        while self.pos < hi:
+            n = self.next_part(hi)
+            self.deliver(whole[self.pos - base : self.pos - base + n])
+
 
 class Fetcher:
     """Reads byte ranges and metadata from the target filesystem.
@@ -340,10 +349,7 @@ class Fetcher:
                 )
             raise ShortReadError(f"origin returned {len(data)} bytes for {read.what()}")
         self.stats.bytes += len(data)
-        whole, base = memoryview(data), read.pos
-        while read.pos < hi:
-            n = read.next_part(hi)
-            read.deliver(whole[read.pos - base : read.pos - base + n])  # no copy
+        read.deliver_all(memoryview(data), read.pos, hi)
 
     async def _stream_s3(self, read: RangeRead) -> None:
         """One GetObject; parts delivered as they arrive, info from its headers.
@@ -457,11 +463,8 @@ class Fetcher:
             if r.status == 416 or hi <= read.pos:
                 return
             if body is not None:
-                whole = memoryview(body)
                 self.stats.bytes += hi - read.pos
-                while read.pos < hi:
-                    n = read.next_part(hi)
-                    read.deliver(whole[read.pos : read.pos + n])  # no copy
+                read.deliver_all(memoryview(body), 0, hi)
                 return
             if r.status == 200 and read.pos:
                 await r.content.readexactly(read.pos)  # what the range excluded

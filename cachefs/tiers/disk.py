@@ -179,18 +179,25 @@ def remove_below(base: Path, parts: Sequence[str]) -> bool:
                 return False
             os.close(fd)
             fd = inner
-        name = parts[-1]
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=fd)
-            else:
-                os.unlink(name, dir_fd=fd)
-        except FileNotFoundError:
-            return False
-        return True
+        return _remove_entry(parts[-1], fd) is not None
     finally:
         os.close(fd)
+
+
+def _remove_entry(name: str, dir_fd: int) -> os.stat_result | None:
+    """Remove ``name`` in ``dir_fd``; return what it was, ``None`` if gone.
+
+    A directory goes with all it holds, a symlink itself (never its target).
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    return st
 
 
 def is_chunk_name(shard: str, name: str) -> bool:
@@ -611,13 +618,8 @@ class DiskTier:
         with self._usage_locked() as ufd, self._shard(digest, create=False) as dfd:
             if dfd is None:
                 return False
-            try:
-                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(digest, dir_fd=dfd)
-                else:
-                    os.unlink(digest, dir_fd=dfd)
-            except FileNotFoundError:
+            st = _remove_entry(digest, dfd)
+            if st is None:
                 return False
             if stat.S_ISREG(st.st_mode):
                 self._write_usage(ufd, max(self._read_usage(ufd) - st.st_size, 0))
