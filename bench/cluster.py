@@ -50,7 +50,7 @@ SEED = 7
 
 _ORIGIN = """
 import json, sys
-from bench.origin import HTTPOrigin, make_shards
+from cachefs.testing import HTTPOrigin, make_shards
 count, size, bandwidth = json.loads(sys.argv[1])
 files = make_shards(count, size, seed=11, prefix="cluster/")
 with HTTPOrigin(files=files, bandwidth=bandwidth) as origin:

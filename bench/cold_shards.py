@@ -72,10 +72,10 @@ import aiohttp
 import fsspec
 from fsspec.implementations.http import HTTPFileSystem
 
-from bench.origin import HTTPOrigin, make_shards
 from bench.peers import build_peer, open_file
 from bench.report import Row, as_reference, compare, filesystem_of, median
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 __all__ = [
     "CONSUMER_DEFAULTS",

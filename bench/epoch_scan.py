@@ -15,9 +15,9 @@ import argparse
 import random
 import tempfile
 
-from bench.origin import HTTPOrigin, make_shards
 from bench.report import Row, Target
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 from cachefs.tiers.disk import CHUNK_HEADER
 
 __all__ = ["run"]

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 
 from bench.report import Row, Target
-from cachefs.demo import DemoOptions, EpochRow, run_demo
+from cachefs.cli.demo import DemoOptions, EpochRow, run_demo
 
 __all__ = ["run"]
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.origin import make_shards
 from bench.report import Row, median
+from cachefs.testing import make_shards
 
 __all__ = ["run"]
 

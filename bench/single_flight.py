@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.origin import HTTPOrigin, make_shards
 from bench.report import Row, Target
+from cachefs.testing import HTTPOrigin, make_shards
 
 __all__ = ["run"]
 

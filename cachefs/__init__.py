@@ -9,8 +9,9 @@ Use it through fsspec without importing it::
 
 from cachefs._version import __version__
 from cachefs.chunks import ChunkKey, FileVersion, parse_size
+from cachefs.config import CacheConfig, default_cache_dir
 from cachefs.file import CachedFile
-from cachefs.filesystem import CacheFileSystem, default_cache_dir
+from cachefs.filesystem import CacheFileSystem
 from cachefs.policy import (
     EvictionPolicy,
     LRUPolicy,
@@ -23,6 +24,7 @@ from cachefs.wds import install as _install_webdataset_scheme
 _install_webdataset_scheme()
 
 __all__ = [
+    "CacheConfig",
     "CacheFileSystem",
     "CachedFile",
     "ChunkKey",

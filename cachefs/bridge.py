@@ -1,4 +1,14 @@
-"""The crossing from a caller's thread into the filesystem's event loop.
+"""The crossings between threads, loops and processes, in one place.
+
+- :func:`call_sync` and :func:`named_timeouts`: a caller's thread into the
+  filesystem's event loop.
+- :func:`on_own_loop`: a coroutine awaited on another loop onto its owner's.
+- :func:`call`: a call of a target filesystem's method from the loop,
+  natively when it is async, on a worker thread when it is not.
+- :func:`renewed`: an async target rebuilt for a forked child's loop.
+- :func:`register`: the live stateful objects of the process; a forked
+  child calls their ``after_fork()`` (the one fork hook) and the exit
+  calls their ``drain_at_exit()`` (the one exit hook).
 
 fsspec's :func:`fsspec.asyn.sync` turns any ``TimeoutError`` raised on the
 loop into a bare :class:`fsspec.exceptions.FSTimeoutError`, leaving the
@@ -10,14 +20,32 @@ type fsspec users catch and gives it the message back.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook must come first
+import contextlib
 import functools
+import os
+import threading
+import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import fsspec
 from fsspec.asyn import sync
 from fsspec.exceptions import FSTimeoutError
+from fsspec.spec import AbstractFileSystem
 
-__all__ = ["call_sync", "named_timeouts"]
+__all__ = [
+    "build_target",
+    "call",
+    "call_sync",
+    "live",
+    "name_timeouts_of",
+    "named_timeouts",
+    "on_own_loop",
+    "register",
+    "renewed",
+]
 
 T = TypeVar("T")
 
@@ -83,3 +111,161 @@ def name_timeouts_of(obj: Any) -> None:
         if callable(attr) and asyncio.iscoroutinefunction(wrapped):
             setattr(obj, name, named_timeouts(attr))
     obj._timeouts_named = True
+
+
+# -- calls into a target -------------------------------------------------------
+
+
+async def call(
+    target: AbstractFileSystem, method: str, *args: Any, **kwargs: Any
+) -> Any:
+    """Call ``target.<method>`` from the running loop; return its result.
+
+    An async target's ``_<method>`` coroutine runs natively on its own loop
+    (handed over when that is not the running one); a sync target's method
+    runs on a worker thread, so the loop never blocks on it.
+    """
+    if target.async_impl:
+        coro = getattr(target, "_" + method)(*args, **kwargs)
+        if target.asynchronous or target.loop is asyncio.get_running_loop():
+            return await coro
+        fut = asyncio.run_coroutine_threadsafe(coro, target.loop)
+        return await asyncio.wrap_future(fut)
+    return await asyncio.to_thread(getattr(target, method), *args, **kwargs)
+
+
+def build_target(
+    protocol: str,
+    options: dict[str, Any],
+    param: str,
+    *,
+    loop: asyncio.AbstractEventLoop | None,
+) -> AbstractFileSystem:
+    """Build the fsspec filesystem of ``protocol`` for a cache on ``loop``.
+
+    An async filesystem shares the cache's loop (``None``: an asynchronous
+    cache, whose filesystems are asynchronous too), so its coroutines run
+    natively in the cache's fetches.
+
+    Raises
+    ------
+    ValueError
+        For a protocol fsspec does not know or cannot import; names
+        ``param``.
+    """
+    options = dict(options)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"{param}={protocol!r}: {exc}") from exc
+    if getattr(cls, "async_impl", False):
+        options.setdefault("asynchronous", loop is None)
+        if loop is not None:
+            options.setdefault("loop", loop)
+    built: AbstractFileSystem = cls(**options)
+    return built
+
+
+def renewed(
+    target: AbstractFileSystem, loop: asyncio.AbstractEventLoop
+) -> AbstractFileSystem:
+    """Return ``target`` rebuilt on ``loop`` if it is async, else ``target``.
+
+    A forked child inherits its parent's sessions and loop in an async
+    target; neither works there.
+    """
+    if not getattr(target, "async_impl", False):
+        return target
+    options = dict(target.storage_options)
+    if "loop" in options:
+        options["loop"] = loop
+    options["skip_instance_cache"] = True
+    fresh: AbstractFileSystem = type(target)(*target.storage_args, **options)
+    return fresh
+
+
+# -- a coroutine onto its owner's loop -----------------------------------------
+
+
+class LoopOwner(Protocol):
+    """What :func:`on_own_loop` needs of its method's owner."""
+
+    asynchronous: bool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+
+def on_own_loop(
+    method: Callable[..., Coroutine[Any, Any, T]],
+) -> Callable[..., Coroutine[Any, Any, T]]:
+    """Run an async method on its owner's loop, whoever awaits it.
+
+    A non-``asynchronous`` owner keeps its fetches, sessions and locks on
+    fsspec's loop; a library awaiting its coroutines from another loop (zarr's
+    ``FsspecStore`` does) is served by handing the call over to that loop.
+    """
+
+    @functools.wraps(method)
+    async def on_own_loop(self: LoopOwner, *args: Any, **kwargs: Any) -> T:
+        if not self.asynchronous and asyncio.get_running_loop() is not self.loop:
+            coro = method(self, *args, **kwargs)
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            return await asyncio.wrap_future(fut)
+        return await method(self, *args, **kwargs)
+
+    return on_own_loop
+
+
+# -- live objects: one fork hook, one exit hook --------------------------------
+
+_LIVE: dict[int, weakref.ref[Any]] = {}
+
+
+def register(obj: Any) -> None:
+    """Hold ``obj`` (weakly) among the live stateful objects of the process.
+
+    In a forked child its ``after_fork()`` runs, if it has one: locks another
+    thread held at fork would never be released there, and the parent's
+    fetches, loop and sessions are not the child's. At exit its
+    ``drain_at_exit()`` runs, if it has one, before worker threads stop
+    taking work. Register an object once; it leaves when it is collected.
+    """
+    key = id(obj)
+    _LIVE[key] = weakref.ref(obj, lambda _: _LIVE.pop(key, None))
+
+
+def live() -> list[Any]:
+    """Return the registered objects still alive."""
+    return [obj for ref in list(_LIVE.values()) if (obj := ref()) is not None]
+
+
+def _after_fork_in_child() -> None:
+    for obj in live():
+        hook = getattr(obj, "after_fork", None)
+        if hook is not None:
+            hook()
+
+
+def _drain_at_exit() -> None:
+    for obj in live():
+        hook = getattr(obj, "drain_at_exit", None)
+        if hook is not None:
+            # Best effort: the interpreter is going away.
+            with contextlib.suppress(Exception):
+                hook()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# The drain must run before concurrent.futures refuses new work at exit (its
+# own hook runs when threading shuts down, before atexit): a fill still
+# streaming would otherwise lose its disk writes ("cannot schedule new
+# futures after interpreter shutdown"). Threading's exit hooks run newest
+# first, so registering after concurrent.futures is imported puts this one
+# ahead of it; atexit is the fallback where that hook does not exist.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_drain_at_exit)
+else:  # pragma: no cover - every CPython >= 3.9 has it
+    atexit.register(_drain_at_exit)

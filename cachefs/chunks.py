@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "ChunkKey",
     "FileVersion",
+    "assemble",
+    "clip",
     "parse_count",
+    "parse_flag",
     "parse_seconds",
     "parse_size",
+    "span_keys",
     "version_token",
 ]
 
@@ -185,6 +190,36 @@ def parse_count(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
+def parse_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a bool (``True``, ``"yes"``, ``1``, ...).
+
+    Parameters
+    ----------
+    value
+        A bool, ``0`` or ``1``, or a boolean word (``"true"``/``"false"``,
+        ``"yes"``/``"no"``, ``"on"``/``"off"``, ``"1"``/``"0"``, ``""``;
+        any case), as fsspec's config hands it over.
+    name
+        The parameter's name, used in error messages.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a boolean or a boolean word; names ``name``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"{name}={value!r} is not a boolean (true or false)")
+
+
 _TOKEN_FIELDS = ("ETag", "etag", "e_tag", "ETAG", "VersionId", "generation", "md5")
 _MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "Last-Modified", "created")
 
@@ -336,3 +371,44 @@ class ChunkKey:
     def length(self) -> int:
         """Number of bytes in the chunk (the last chunk may be short)."""
         return self.stop - self.start
+
+
+# -- spans: byte ranges of a file as chunks ------------------------------------
+
+
+def clip(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """Return ``[start, end)`` of a file of ``size`` bytes as offsets in it.
+
+    ``None`` means the file's start or end; a negative value counts from the
+    end (as fsspec's ``cat_file``); the result lies within ``[0, size]``.
+    """
+    start = 0 if start is None else (max(size + start, 0) if start < 0 else start)
+    end = size if end is None else (max(size + end, 0) if end < 0 else end)
+    return min(start, size), min(end, size)
+
+
+def span_keys(
+    version: FileVersion, chunk_size: int, start: int, stop: int
+) -> list[ChunkKey]:
+    """Return the keys of the chunks that hold bytes ``[start, stop)``.
+
+    ``stop`` must be greater than ``start``.
+    """
+    cs = chunk_size
+    return [ChunkKey(version, cs, i) for i in range(start // cs, (stop - 1) // cs + 1)]
+
+
+def assemble(
+    keys: Sequence[ChunkKey], views: Sequence[memoryview], start: int, stop: int
+) -> bytes:
+    """Return bytes ``[start, stop)`` of chunks ``keys`` as one ``bytes``.
+
+    ``views`` are the chunks' bytes; this is the one copy a ``cat`` makes.
+    """
+    if stop <= start:
+        return b""
+    parts = [
+        view[max(start, k.start) - k.start : min(stop, k.stop) - k.start]
+        for k, view in zip(keys, views, strict=True)
+    ]
+    return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from cachefs.bridge import call
 from cachefs.buffers import read_into_buffer
 from cachefs.chunks import version_token
+from cachefs.config import FetchConfig
 from cachefs.errors import (
     OriginResponseError,
     ShortReadError,
@@ -206,16 +208,20 @@ class Fetcher:
             self._limits_loop = loop
         return self._limits[1], self._limits[2]
 
+    @classmethod
+    def from_config(cls, target: AbstractFileSystem, config: FetchConfig) -> Fetcher:
+        """Return a fetcher of ``target`` with the settings of ``config``."""
+        return cls(
+            target,
+            max_requests=config.max_requests,
+            max_inflight=config.max_inflight,
+            retries=config.retries,
+            timeout=config.timeout,
+        )
+
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call a target method by its sync name, natively when async."""
-        target = self.target
-        if target.async_impl:
-            coro = getattr(target, "_" + method)(*args, **kwargs)
-            if target.asynchronous or target.loop is asyncio.get_running_loop():
-                return await coro
-            fut = asyncio.run_coroutine_threadsafe(coro, target.loop)
-            return await asyncio.wrap_future(fut)
-        return await asyncio.to_thread(getattr(target, method), *args, **kwargs)
+        return await call(self.target, method, *args, **kwargs)
 
     async def info(self, path: str) -> dict[str, Any]:
         """Return the target's ``info`` for ``path`` (retried, mapped)."""

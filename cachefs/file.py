@@ -11,23 +11,66 @@ into the filesystem's event loop. Three ways to read, by cost:
 
 from __future__ import annotations
 
+import asyncio
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cachefs.bridge import call_sync
 from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.errors import StaleVersionError
-from cachefs.prefetch import ReadaheadWindow
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-    from cachefs.filesystem import CacheFileSystem
+    from cachefs.router import ChunkRouter
+    from cachefs.versions import VersionResolver
 
-__all__ = ["CachedFile"]
+__all__ = ["CachedFile", "FileOwner", "ReadaheadWindow"]
 
 # Chunks a file object keeps in hand at most (beyond those of its open).
 _HELD_CHUNKS = 4
+
+
+class ReadaheadWindow:
+    """An adaptive readahead window for one sequential reader.
+
+    The window starts at ``initial`` bytes, doubles with each sequential
+    read up to ``cap``, and collapses to zero on a seek elsewhere (the next
+    sequential read starts it again).
+    """
+
+    def __init__(self, initial: int, cap: int) -> None:
+        self.initial = min(initial, cap)
+        self.cap = cap
+        self.size = 0
+        #: Where the next sequential read starts.
+        self.expected = 0
+
+    def advance(self, start: int, stop: int) -> int:
+        """Record a read of ``[start, stop)``; return the bytes to read ahead."""
+        if start == self.expected:
+            self.size = min(max(self.size * 2, self.initial), self.cap)
+        else:
+            self.size = 0  # a seek: no readahead until reads are sequential
+        self.expected = stop
+        return self.size
+
+
+class FileOwner(Protocol):
+    """What a file object needs of the filesystem that opened it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop misses are fetched on."""
+        ...
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        """Open ``path`` again (an unpickled file object does)."""
+        ...
+
+    def invalidate(self, path: str, recursive: bool = False) -> None:
+        """Forget what the cache holds for ``path``."""
+        ...
 
 
 class CachedFile(io.RawIOBase):
@@ -36,7 +79,8 @@ class CachedFile(io.RawIOBase):
     Parameters
     ----------
     fs
-        The owning filesystem.
+        The filesystem that opened it: the loop misses cross into, and how
+        to open the file again (pickling) or forget a changed one.
     version
         The version of the file being read; over HTTP, a fetch that finds
         the origin changed raises ``StaleVersionError`` rather than mixing
@@ -44,23 +88,31 @@ class CachedFile(io.RawIOBase):
     pinned
         Chunks already in hand (read while opening), kept for this file
         whether or not a tier admitted them.
+    resolver
+        Versions and what reads taught (how far an open reads first).
+    router
+        The tiers and fills chunks come from.
     """
 
     mode = "rb"
 
     def __init__(
         self,
-        fs: CacheFileSystem,
+        fs: FileOwner,
         version: FileVersion,
         pinned: dict[ChunkKey, memoryview] | None = None,
+        *,
+        resolver: VersionResolver,
+        router: ChunkRouter,
     ) -> None:
         super().__init__()
         self.fs = fs
         self.version = version
         self.path = version.path
         self.size = version.size
-        self.chunk_size = fs.chunk_size
-        self._router = fs.router
+        self.chunk_size = resolver.chunk_size
+        self._resolver = resolver
+        self._router = router
         self._pos = 0
         self._keys: dict[int, ChunkKey] = {}
         #: Chunks in hand, by index: those read while opening, and the ones
@@ -71,8 +123,9 @@ class CachedFile(io.RawIOBase):
         #: loop's thread); taken into ``_held`` when the read reaches them.
         self._arriving = pinned if pinned is not None else {}
         self._window: ReadaheadWindow | None = None
-        if fs.readahead and self._router.staging is not None:
-            self._window = ReadaheadWindow(self.chunk_size, fs.readahead)
+        readahead = resolver.config.readahead
+        if readahead and router.staging is not None:
+            self._window = ReadaheadWindow(self.chunk_size, readahead)
         self._ra_frontier = -1
         self._ra_issued: list[ChunkKey] = []
 
@@ -193,7 +246,8 @@ class CachedFile(io.RawIOBase):
         window = self._window
         if window is not None and not self.closed:
             # Files read front to back make the next open read further ahead.
-            self.fs._note_access(window.size > 0 and window.expected > self.chunk_size)
+            sequential = window.size > 0 and window.expected > self.chunk_size
+            self._resolver.note_access(sequential)
         if self._ra_issued and self._router.loop is not None and not self.closed:
             keys, self._ra_issued = self._ra_issued, []
             loop = self._router.loop
@@ -332,7 +386,7 @@ class CachedFile(io.RawIOBase):
             written += hi - lo
 
 
-def _reopen(fs: CacheFileSystem, path: str, pos: int) -> CachedFile:
+def _reopen(fs: FileOwner, path: str, pos: int) -> CachedFile:
     f = fs.open(path, "rb")
     assert isinstance(f, CachedFile)
     f.seek(pos)

@@ -25,6 +25,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from cachefs.tiers.disk import open_dir, secure_dir
 __all__ = [
     "MISSING",
     "MetadataCache",
+    "StoredRecord",
     "TTLCache",
     "decode_record",
     "encode_record",
@@ -147,6 +149,25 @@ def decode_record(raw: bytes) -> tuple[FileVersion, float]:
     ):
         raise ValueError(f"has a bad time {fetched!r}")
     return FileVersion(protocol, path, size, token), float(fetched)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A sound version record as stored (see :meth:`MetadataCache.stored_records`).
+
+    Attributes
+    ----------
+    version
+        The file version it records.
+    fetched
+        When it was learned (seconds since the epoch).
+    file
+        The record's file.
+    """
+
+    version: FileVersion
+    fetched: float
+    file: Path
 
 
 def _fresh(stamp: float, ttl: float | None) -> bool:
@@ -361,3 +382,63 @@ class MetadataCache:
         return record_damage(
             raw, st, record_name(protocol, path), trust=self.trust_cache_dir
         )
+
+    # -- the records read from outside (the ``cachefs`` command) -------------
+
+    @staticmethod
+    def stored_records(
+        root: Path, *, trust: bool = False, misses: bool = False
+    ) -> tuple[list[StoredRecord], list[tuple[Path, str]]]:
+        """Read every version record under ``root``; change nothing.
+
+        Static, so that the command reads a cache without building a cache
+        (which would create ``root``). Records are checked as readers check
+        them: CRC32C, every field, the name they are filed under; ``root`` is
+        not read through a symlink (nothing is found then).
+
+        Parameters
+        ----------
+        root
+            The records' directory (``<cache_dir>/meta``).
+        trust
+            Accept records another user owns (``trust_cache_dir``).
+        misses
+            Also return the records of remembered misses (no data).
+
+        Returns
+        -------
+        records, damaged
+            The sound records sorted by protocol and path, and each damaged
+            record file with why it is damaged ("version record ...").
+        """
+        good: list[StoredRecord] = []
+        bad: list[tuple[Path, str]] = []
+        try:
+            dfd = open_dir(root)
+        except OSError:
+            return good, bad  # missing, or a symlink the layout check reports
+        try:
+            for name in sorted(os.listdir(dfd)):
+                if not name.endswith(".json"):
+                    continue  # a record being written
+                try:
+                    fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    bad.append((root / name, f"cannot be opened ({exc.strerror})"))
+                    continue
+                with os.fdopen(fd, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    raw = fh.read(_MAX_RECORD + 1)
+                why = record_damage(raw, st, name, trust=trust)
+                if why:
+                    bad.append((root / name, f"version record {why}"))
+                    continue
+                version, fetched = decode_record(raw)
+                if misses or version.token != MISSING:
+                    good.append(StoredRecord(version, fetched, root / name))
+        finally:
+            os.close(dfd)
+        good.sort(key=lambda r: (r.version.protocol, r.version.path))
+        return good, bad

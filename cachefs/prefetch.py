@@ -1,37 +1,28 @@
-"""Prefetch: readahead windows, the staging area, and explicit prefetch.
+"""Explicit prefetch: fetch a list of files (or spans) ahead of their reader.
 
-Chunks fetched ahead of a reader are *staged*: held in memory under a byte
-budget (``prefetch_limit``) until read, so prefetching never evicts what is
-about to be consumed and a long prefetch list streams through instead of
-flooding RAM. A staged chunk moves to the RAM tier when it is read. Staged
-chunks nobody reads are dropped when their budget is needed and they have
-waited longer than ``hold`` seconds; they count as wasted.
+The chunks fetched ahead are staged (see :mod:`cachefs.tiers.staging`) until
+read; readahead of one sequential reader lives with the file object
+(:class:`cachefs.file.ReadaheadWindow`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures import Future as ThreadFuture
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.chunks import ChunkKey, FileVersion, clip
 
 if TYPE_CHECKING:
-    from cachefs.filesystem import CacheFileSystem
+    from cachefs.router import ChunkRouter
+    from cachefs.versions import VersionResolver
 
-__all__ = [
-    "PrefetchHandle",
-    "PrefetchStats",
-    "ReadaheadWindow",
-    "Staging",
-]
+__all__ = ["PrefetchHandle"]
 
 log = logging.getLogger(__name__)
 
@@ -42,236 +33,17 @@ DEPTH = 2
 PrefetchItem = str | tuple[str, int | None, int | None]
 
 
-@dataclass(slots=True)
-class PrefetchStats:
-    """Counters of prefetching.
-
-    Attributes
-    ----------
-    issued
-        Chunks requested ahead of a reader.
-    used
-        Prefetched chunks that a reader then read.
-    wasted
-        Prefetched chunks dropped without being read.
-    failed
-        Prefetch fetches that failed (logged, never raised to a reader).
-    staged_bytes, peak_staged_bytes
-        Bytes held for readers now, and the most ever held (reservations of
-        fetches in flight included).
-    """
-
-    issued: int = 0
-    used: int = 0
-    wasted: int = 0
-    failed: int = 0
-    staged_bytes: int = 0
-    peak_staged_bytes: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        """Return the counters as a plain dict."""
-        return asdict(self)
-
-
-class Staging:
-    """Chunks fetched ahead and not yet read, under a byte budget.
+class PrefetchHandle:
+    """A running explicit prefetch; returned by ``CacheFileSystem.prefetch``.
 
     Parameters
     ----------
-    limit
-        Byte budget for staged chunks plus reservations of fetches in flight.
-    hold
-        Seconds a staged chunk is kept for its reader before its budget may
-        be reclaimed.
-    """
-
-    def __init__(self, limit: int, hold: float = 30.0) -> None:
-        self.limit = limit
-        self.hold = hold
-        self.stats = PrefetchStats()
-        self._entries: OrderedDict[ChunkKey, tuple[memoryview, float]] = OrderedDict()
-        self._reserved = 0
-        self._abandoned: set[ChunkKey] = set()
-        self._lock = threading.Lock()
-        self._room: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    # -- any thread ----------------------------------------------------------
-
-    def take(self, key: ChunkKey) -> memoryview | None:
-        """Remove and return a staged chunk that a reader needs now."""
-        if not self._entries:
-            return None
-        with self._lock:
-            item = self._entries.pop(key, None)
-            if item is None:
-                return None
-            self.stats.staged_bytes -= item[0].nbytes
-            self.stats.used += 1
-        self._signal()
-        return item[0]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def abandon(self, keys: Iterable[ChunkKey]) -> None:
-        """Drop staged ``keys`` now; they count as wasted."""
-        dropped = False
-        with self._lock:
-            for key in keys:
-                item = self._entries.pop(key, None)
-                if item is not None:
-                    self.stats.staged_bytes -= item[0].nbytes
-                    self.stats.wasted += 1
-                    dropped = True
-        if dropped:
-            self._signal()
-
-    def forget(self, key: ChunkKey) -> None:
-        """Drop a refusal for ``key`` whose fetch ended without staging."""
-        self._abandoned.discard(key)
-
-    def refuse(self, keys: Iterable[ChunkKey]) -> None:
-        """Do not stage ``keys`` (prefetches in flight) when they arrive."""
-        with self._lock:
-            self._abandoned.update(keys)
-
-    def clear(self) -> None:
-        """Drop everything staged (counted as wasted)."""
-        self.abandon(list(self._entries))
-
-    # -- event loop ----------------------------------------------------------
-
-    def try_reserve(self, nbytes: int) -> bool:
-        """Reserve ``nbytes`` if the budget allows now; never waits."""
-        with self._lock:
-            if self._fits(nbytes):
-                self._book(nbytes)
-                return True
-            self._reclaim_locked(time.monotonic())
-            if self._fits(nbytes):
-                self._book(nbytes)
-                return True
-        return False
-
-    async def reserve(self, nbytes: int) -> None:
-        """Wait until ``nbytes`` fit the budget, then reserve them."""
-        while not self.try_reserve(nbytes):
-            event = self._event()
-            event.clear()
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a
-            # cancellation that races with the event.
-            waiter = asyncio.ensure_future(event.wait())
-            try:
-                await asyncio.wait({waiter}, timeout=min(self.hold, 0.25))
-            finally:
-                waiter.cancel()
-
-    def unreserve(self, nbytes: int) -> None:
-        """Give back a reservation that will not be staged."""
-        with self._lock:
-            self._reserved -= nbytes
-        self._signal()
-
-    def put(self, key: ChunkKey, view: memoryview) -> bool:
-        """Stage a prefetched chunk against its reservation.
-
-        Returns False (and gives the reservation back) if its reader has
-        gone away meanwhile.
-        """
-        with self._lock:
-            self._reserved -= view.nbytes
-            if key in self._abandoned:
-                self._abandoned.discard(key)
-                self.stats.wasted += 1
-                stage = False
-            else:
-                self._entries[key] = (view, time.monotonic())
-                self.stats.staged_bytes += view.nbytes
-                stage = True
-        if not stage:
-            self._signal()
-        return stage
-
-    # -- internals -----------------------------------------------------------
-
-    def _fits(self, nbytes: int) -> bool:
-        used = self.stats.staged_bytes + self._reserved
-        # A request larger than the whole budget may run alone.
-        return used + nbytes <= self.limit or used == 0
-
-    def _book(self, nbytes: int) -> None:
-        self._reserved += nbytes
-        total = self.stats.staged_bytes + self._reserved
-        self.stats.peak_staged_bytes = max(self.stats.peak_staged_bytes, total)
-
-    def _reclaim_locked(self, now: float) -> None:
-        while self._entries:
-            key, (view, stamp) = next(iter(self._entries.items()))
-            if now - stamp < self.hold:
-                return
-            del self._entries[key]
-            self.stats.staged_bytes -= view.nbytes
-            self.stats.wasted += 1
-
-    def _event(self) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        if self._room is None or self._loop is not loop:
-            self._room = asyncio.Event()
-            self._loop = loop
-        return self._room
-
-    def _signal(self) -> None:
-        loop, event = self._loop, self._room
-        if loop is None or event is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            loop.call_soon_threadsafe(event.set)
-
-    def after_fork(self) -> None:
-        """Reset state that belongs to the parent process."""
-        self._lock = threading.Lock()
-        self._entries.clear()
-        self.stats.staged_bytes = 0
-        self._reserved = 0
-        self._abandoned.clear()
-        self._room = None
-        self._loop = None
-
-
-class ReadaheadWindow:
-    """An adaptive readahead window for one sequential reader.
-
-    The window starts at ``initial`` bytes, doubles with each sequential
-    read up to ``cap``, and collapses to zero on a seek elsewhere (the next
-    sequential read starts it again).
-    """
-
-    def __init__(self, initial: int, cap: int) -> None:
-        self.initial = min(initial, cap)
-        self.cap = cap
-        self.size = 0
-        #: Where the next sequential read starts.
-        self.expected = 0
-
-    def advance(self, start: int, stop: int) -> int:
-        """Record a read of ``[start, stop)``; return the bytes to read ahead."""
-        if start == self.expected:
-            self.size = min(max(self.size * 2, self.initial), self.cap)
-        else:
-            self.size = 0  # a seek: no readahead until reads are sequential
-        self.expected = stop
-        return self.size
-
-
-class PrefetchHandle:
-    """A running explicit prefetch; returned by ``CacheFileSystem.prefetch``.
+    resolver
+        Learns the versions of the files (a new file's from its first batch).
+    router
+        Fetches the chunks into the staging area.
+    items
+        Target paths, or ``(path, start, end)``, in the order they are read.
 
     Attributes
     ----------
@@ -283,18 +55,36 @@ class PrefetchHandle:
         ``(path, exception)`` for every item that could not be fetched.
     """
 
-    def __init__(self, fs: CacheFileSystem, items: Sequence[PrefetchItem]) -> None:
-        self.fs = fs
+    def __init__(
+        self,
+        resolver: VersionResolver,
+        router: ChunkRouter,
+        items: Sequence[PrefetchItem],
+    ) -> None:
+        self.resolver = resolver
+        self.router = router
         self.items = list(items)
         self.total_bytes = 0
         self.done_bytes = 0
         self.failed: list[tuple[str, BaseException]] = []
         self._keys: list[ChunkKey] = []
         self._future: ThreadFuture[None] | asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Fetches in flight per path, oldest path first.
         self._pending: dict[str, int] = {}
         #: The item its consumer reads now (see :meth:`reached`).
         self._reader_at = -1
+
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Start :meth:`run`: on ``loop``, from another thread.
+
+        With ``None``, as a task of the running loop (an asynchronous cache).
+        """
+        if loop is None:
+            self._future = asyncio.get_running_loop().create_task(self.run())
+        else:
+            self._loop = loop
+            self._future = asyncio.run_coroutine_threadsafe(self.run(), loop)
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -353,7 +143,8 @@ class PrefetchHandle:
         fut = self._future
         if fut is not None and not fut.done():
             if isinstance(fut, ThreadFuture):
-                self.fs.loop.call_soon_threadsafe(self._cancel_on_loop)
+                assert self._loop is not None  # set with a thread future
+                self._loop.call_soon_threadsafe(self._cancel_on_loop)
             else:
                 self._cancel_on_loop()
 
@@ -361,7 +152,7 @@ class PrefetchHandle:
         task = self._task
         if task is not None:
             task.cancel()
-        self.fs.router.abandon(self._keys)
+        self.router.abandon(self._keys)
 
     _task: asyncio.Task[None] | None = None
 
@@ -376,17 +167,16 @@ class PrefetchHandle:
         so a file's first request never waits for another file's headers.
         """
         self._task = asyncio.current_task()
-        fs, router = self.fs, self.fs.router
+        resolver, router = self.resolver, self.router
         staging = router.staging
         assert staging is not None
         if self._task is not None:
             # Tracked with the router's fills: close() cancels and drains it.
-            router._tasks.add(self._task)
-            self._task.add_done_callback(router._tasks.discard)
+            router.track(self._task)
         lookahead = 16
         resolving: dict[int, asyncio.Task[Any]] = {}
         in_flight: deque[asyncio.Future[Any]] = deque()
-        cs = fs.chunk_size
+        cs = resolver.chunk_size
         # A batch never asks for more than the whole budget.
         group = max(1, min(router.max_coalesce, staging.limit) // cs)
 
@@ -394,10 +184,10 @@ class PrefetchHandle:
             if i >= len(self.items) or i in resolving:
                 return
             path = _item_path(self.items[i])
-            if fs._known_version(path) is not None:
+            if resolver.known(path) is not None:
                 return
-            if not fs._first_read_fetches(path):
-                resolving[i] = asyncio.ensure_future(fs._version(path))
+            if not resolver.first_read_fetches(path):
+                resolving[i] = asyncio.ensure_future(resolver.version(path))
                 return
             # A new file's first read tells its version: put the first reads
             # of the next files in flight now, as far as the budget allows,
@@ -434,11 +224,11 @@ class PrefetchHandle:
                 finally:
                     if not self._pending.get(path):
                         self._pending.pop(path, None)
-                lo, hi = fs._clip(version.size, start, end)
+                lo, hi = clip(version.size, start, end)
                 if hi <= lo:
                     continue
                 self.total_bytes += hi - lo
-                keys = fs._span_keys(version, lo, hi)
+                keys = resolver.keys(version, lo, hi)
                 for g in range(0, len(keys), group):
                     while len(in_flight) >= DEPTH:
                         await in_flight.popleft()
@@ -482,26 +272,26 @@ class PrefetchHandle:
         group: int,
     ) -> FileVersion:
         """Return ``path``'s version, learning it from a first batch if new."""
-        fs = self.fs
+        resolver = self.resolver
         start, end = span_of
         task = resolving.pop(i, None)
         if task is not None:
             found: FileVersion = await task
             return found
-        version = fs._known_version(path)
+        version = resolver.known(path)
         if version is not None:
             return version
-        if (start is not None and start < 0) or not fs._first_read_fetches(path):
-            return await fs._version(path)
+        if (start is not None and start < 0) or not resolver.first_read_fetches(path):
+            return await resolver.version(path)
         first, span = self._first_span((path, start, end), group)
-        staging = fs.router.staging
+        staging = self.router.staging
         assert staging is not None
         await staging.reserve(span)
         return await self._first_read(path, first, span)
 
     def _first_span(self, item: PrefetchItem, group: int) -> tuple[int, int]:
         """Return where a new file's first batch starts and its length."""
-        cs = self.fs.chunk_size
+        cs = self.resolver.chunk_size
         start, end = (None, None) if isinstance(item, str) else item[1:]
         first = max(start or 0, 0) // cs * cs
         span = group * cs
@@ -511,13 +301,13 @@ class PrefetchHandle:
 
     async def _first_read(self, path: str, first: int, span: int) -> FileVersion:
         """Read a new file's first batch (reserved already); return its version."""
-        version, _ = await self.fs._resolve_span(
+        version, _ = await self.resolver.resolve_span(
             path, first, span, staged=True, reserved=span
         )
         return version
 
     def _limit(self) -> int:
-        staging = self.fs.router.staging
+        staging = self.router.staging
         return staging.limit if staging is not None else 0
 
     def _counter(self, path: str, nbytes: int) -> Any:
@@ -540,6 +330,31 @@ class PrefetchHandle:
     def _fail(self, path: str, exc: BaseException) -> None:
         self.failed.append((path, exc))
         log.warning("cachefs: prefetch of %s failed: %s", path, exc)
+
+
+def prefetch_items(items: Any, target_path: Callable[[str], str]) -> list[PrefetchItem]:
+    """Check what :meth:`CacheFileSystem.prefetch` was given; map to targets.
+
+    Raises
+    ------
+    TypeError
+        When ``items`` is not a list of paths or ``(path, start, end)``
+        tuples; the message shows the first bad item.
+    """
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise TypeError("prefetch takes a list of paths or (path, start, end) tuples")
+    out: list[PrefetchItem] = []
+    for item in items:
+        if isinstance(item, str | os.PathLike):
+            out.append(target_path(os.fspath(item)))
+        elif isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+            out.append((target_path(item[0]), item[1], item[2]))
+        else:
+            raise TypeError(
+                "prefetch items must be paths or (path, start, end) tuples, "
+                f"got {item!r}"
+            )
+    return out
 
 
 def _quiet(fut: asyncio.Future[Any]) -> None:

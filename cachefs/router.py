@@ -2,28 +2,34 @@
 
 Lookups go RAM → disk in the caller's thread (:meth:`ChunkRouter.get_cached`);
 only misses reach the event loop (:meth:`ChunkRouter.get_chunks`). A miss gets
-one in-flight future per key in this process and a stripe lock per chunk
-across processes sharing a disk tier, so each chunk is fetched once. Adjacent
-missing chunks are coalesced into one ranged request up to ``max_coalesce``.
+one in-flight future per key in this process (:class:`~cachefs.tiers.fills.Fills`)
+and a stripe lock per chunk across processes sharing a disk tier, so each
+chunk is fetched once. Adjacent missing chunks are coalesced into one ranged
+request up to ``max_coalesce``. Tiers are reached through the protocols of
+:mod:`cachefs.tiers.base` only: RAM is a ``Tier``, the disks one ``NodeTier``
+(a :class:`~cachefs.tiers.diskset.DiskSet`), the shared tier an ``AsyncTier``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachefs.chunks import ChunkKey, FileVersion
-from cachefs.errors import OriginResponseError, ShortReadError
+from cachefs.errors import OriginResponseError
 from cachefs.fetch import Fetcher
-from cachefs.prefetch import Staging
-from cachefs.tiers.disk import DiskTier, StripeLock
-from cachefs.tiers.ram import RamTier
-from cachefs.tiers.shared import SharedTier
+from cachefs.tiers.base import AsyncTier, NodeTier, ProcessLock, Tier
+from cachefs.tiers.diskset import DiskSet
+from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, retrieve
+from cachefs.tiers.staging import Staging
+
+if TYPE_CHECKING:
+    from cachefs.tiers.disk import DiskTier
+    from cachefs.tiers.shared import SharedTier
 
 __all__ = ["ChunkRouter", "RouterStats"]
 
@@ -66,28 +72,6 @@ class RouterStats:
         return asdict(self)
 
 
-def _retrieve(fut: asyncio.Future[memoryview]) -> None:
-    # Mark the exception retrieved: a fill nobody awaits must not log noise.
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _adjacent_runs(keys: Iterable[ChunkKey], cap: int) -> Iterator[list[ChunkKey]]:
-    """Group keys into runs of consecutive chunks of one version, ``cap`` long."""
-    run: list[ChunkKey] = []
-    for key in sorted(keys, key=lambda k: (k.version.path, k.version.token, k.index)):
-        if run and (
-            key.version != run[-1].version
-            or key.index != run[-1].index + 1
-            or len(run) >= cap
-        ):
-            yield run
-            run = []
-        run.append(key)
-    if run:
-        yield run
-
-
 class ChunkRouter:
     """Routes chunk reads through the tiers to the origin.
 
@@ -96,7 +80,8 @@ class ChunkRouter:
     ram
         The RAM tier, or ``None`` when ``ram_limit=0``.
     disks
-        The disk tiers (one per cache directory); may be empty.
+        The disk tiers, one per cache directory: a :class:`DiskSet`, or a
+        sequence of tiers put in one (empty: no disk tier).
     fetcher
         Origin access.
     max_coalesce
@@ -106,12 +91,20 @@ class ChunkRouter:
         prefetch is off.
     shared
         The cluster-wide tier consulted before the origin, or ``None``.
+
+    Attributes
+    ----------
+    disk
+        The disk tiers as one tier, or ``None``: what reads go through.
+    disks, shared
+        The disk tiers one by one, and the shared tier as built: what the
+        face reports and maintains (reads never use them).
     """
 
     def __init__(
         self,
-        ram: RamTier | None,
-        disks: Sequence[DiskTier],
+        ram: Tier | None,
+        disks: DiskSet | Sequence[DiskTier],
         fetcher: Fetcher,
         *,
         max_coalesce: int,
@@ -119,45 +112,31 @@ class ChunkRouter:
         shared: SharedTier | None = None,
     ) -> None:
         self.ram = ram
+        diskset = disks if isinstance(disks, DiskSet) else DiskSet.of(disks)
+        self.disk: NodeTier | None = diskset
+        self.disks: list[DiskTier] = [] if diskset is None else list(diskset.tiers)
+        self._diskset = diskset
         self.shared = shared
+        self._below: AsyncTier | None = shared
         self.staging = staging
         #: The loop fills run on (set by the filesystem; None when async).
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.disks = list(disks)
         self.fetcher = fetcher
         self.max_coalesce = max_coalesce
         self.stats = RouterStats()
-        self._disk_ids = [
-            hashlib.blake2b(str(d.root).encode(), digest_size=8).digest()
-            for d in self.disks
-        ]
-        self._placement: dict[str, DiskTier] = {}
-        self._inflight: dict[ChunkKey, asyncio.Future[memoryview]] = {}
+        self.fills = Fills(ram, staging)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Future[None]] = set()
-        self._prefetching: set[ChunkKey] = set()
         self._pid = os.getpid()
 
-    # -- placement -----------------------------------------------------------
+    @property
+    def _inflight(self) -> dict[ChunkKey, asyncio.Future[memoryview]]:
+        # The name tests look at: the fills' own map.
+        return self.fills.inflight
 
     def disk_for(self, key: ChunkKey) -> DiskTier | None:
         """Return the disk tier that holds ``key`` (rendezvous hashing)."""
-        disks = self.disks
-        if len(disks) <= 1:
-            return disks[0] if disks else None
-        digest = key.digest
-        placed = self._placement.get(digest)
-        if placed is None:
-            raw = bytes.fromhex(digest)
-            scores = [
-                hashlib.blake2b(raw + ident, digest_size=8).digest()
-                for ident in self._disk_ids
-            ]
-            placed = disks[scores.index(max(scores))]
-            if len(self._placement) > 1 << 20:
-                self._placement.clear()
-            self._placement[digest] = placed
-        return placed
+        return None if self._diskset is None else self._diskset.tier_for(key)
 
     # -- hits (caller's thread) ----------------------------------------------
 
@@ -175,9 +154,9 @@ class ChunkRouter:
                 if ram is not None:
                     ram.put(key, view)
                 return view
-        disk = self.disk_for(key)
-        if disk is None:
+        if self.disk is None:
             return None
+        disk = self.disk.tier_for(key)  # placed once for the get and the check
         view = disk.get(key)
         # Promotion only where it pays: a mapped chunk is served in place (its
         # pages are the page cache: a copy would cost a memcpy and hold the
@@ -186,7 +165,7 @@ class ChunkRouter:
         if (
             view is not None
             and ram is not None
-            and not disk.is_mapped(key)
+            and not disk.in_memory(key)
             and ram.put(key, view)
         ):
             self.stats.promotions += 1
@@ -197,9 +176,8 @@ class ChunkRouter:
         for key in keys:
             if self.ram is not None:
                 self.ram.discard(key)
-            disk = self.disk_for(key)
-            if disk is not None:
-                disk.discard(key)
+            if self.disk is not None:
+                self.disk.discard(key)
 
     # -- misses (event loop) -------------------------------------------------
 
@@ -234,7 +212,7 @@ class ChunkRouter:
 
     def inflight(self, key: ChunkKey) -> asyncio.Future[memoryview] | None:
         """Return the fetch in flight for ``key``, if any (on the loop)."""
-        return self._inflight.get(key)
+        return self.fills.inflight.get(key)
 
     def holds(self, key: ChunkKey, *, probe_disk: bool = False) -> bool:
         """Return whether ``key`` is in RAM, staged, in flight or on disk.
@@ -242,16 +220,16 @@ class ChunkRouter:
         Safe from any thread and cheap: without ``probe_disk``, a chunk on
         disk counts only if this process has it mapped (no system call).
         """
-        if self.ram is not None and key in self.ram:
+        if self.ram is not None and self.ram.contains(key):
             return True
-        if key in self._inflight:
+        if key in self.fills.inflight:
             return True
         if self.staging is not None and key in self.staging:
             return True
-        disk = self.disk_for(key)
+        disk = self.disk
         if disk is None:
             return False
-        return disk.contains(key) if probe_disk else disk.is_mapped(key)
+        return disk.contains(key) if probe_disk else disk.in_memory(key)
 
     async def prefetch(
         self, keys: Sequence[ChunkKey], *, wait: bool
@@ -265,7 +243,8 @@ class ChunkRouter:
         staging = self.staging
         if staging is None:
             return {}
-        joined = {k: f for k in keys if (f := self._inflight.get(k)) is not None}
+        inflight = self.fills.inflight
+        joined = {k: f for k in keys if (f := inflight.get(k)) is not None}
         todo = [
             k for k in keys if k not in joined and not self.holds(k, probe_disk=True)
         ]
@@ -303,12 +282,12 @@ class ChunkRouter:
             return
         staged = [k for k in keys if k in self.staging]
         self.staging.abandon(staged)
-        self.staging.refuse(k for k in keys if k in self._prefetching)
+        self.staging.refuse(k for k in keys if k in self.fills.prefetching)
 
     def _start_readahead(self, keys: list[ChunkKey]) -> None:
-        task = asyncio.get_running_loop().create_task(self.prefetch(keys, wait=False))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.track(
+            asyncio.get_running_loop().create_task(self.prefetch(keys, wait=False))
+        )
 
     def request(
         self, keys: Iterable[ChunkKey], *, prefetch: bool = False
@@ -322,44 +301,40 @@ class ChunkRouter:
         if self._pid != os.getpid():
             self._after_fork()
         loop = asyncio.get_running_loop()
+        fills = self.fills
         futures: dict[ChunkKey, asyncio.Future[memoryview]] = {}
         new: list[ChunkKey] = []
         for key in keys:
-            fut = self._inflight.get(key)
+            fut = fills.inflight.get(key)
             if fut is None:
-                fut = loop.create_future()
-                fut.add_done_callback(_retrieve)
-                self._inflight[key] = fut
+                fut = fills.begin(key, loop, prefetch=prefetch)
                 new.append(key)
-                if prefetch:
-                    self._prefetching.add(key)
             else:
                 self.stats.joined += 1
             futures[key] = fut
         if new:
             cap = max(1, self.max_coalesce // new[0].chunk_size)
-            for run in _adjacent_runs(new, cap):
-                task = loop.create_task(self._fill(run))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            for run in adjacent_runs(new, cap):
+                self.track(loop.create_task(self._fill(run)))
         return futures, set(new)
 
     async def _fill(self, run: list[ChunkKey]) -> None:
-        held: list[StripeLock] = []
+        held: list[ProcessLock] = []
         try:
             owned: list[ChunkKey] = []
-            contended: list[tuple[ChunkKey, DiskTier, StripeLock]] = []
+            contended: list[tuple[ChunkKey, NodeTier, ProcessLock]] = []
+            disk = self.disk
             for key in run:
-                disk = self.disk_for(key)
                 if disk is None:
                     owned.append(key)
                     continue
-                lock = disk.stripe_lock(key)
+                tier = disk.tier_for(key)
+                lock = tier.stripe_lock(key)
                 if not lock.try_acquire():
-                    contended.append((key, disk, lock))
+                    contended.append((key, tier, lock))
                     continue
                 held.append(lock)
-                if not self._found_on(disk, key):
+                if not self._found_on(tier, key):
                     owned.append(key)
                 else:
                     lock.release()
@@ -370,40 +345,27 @@ class ChunkRouter:
             if contended:
                 await asyncio.gather(*(self._wait_for(*c) for c in contended))
         except BaseException as exc:
-            if self.staging is not None and not isinstance(exc, asyncio.CancelledError):
-                self.staging.stats.failed += sum(k in self._prefetching for k in run)
-            self._fail(run, exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                self.fills.count_failed_prefetches(run)
+            self.fills.fail(run, exc)
             if not isinstance(exc, Exception):  # cancelled, interrupted, exiting
                 raise
         finally:
             for lock in held:
                 lock.release()
-            for key in run:
-                fut = self._inflight.pop(key, None)
-                if fut is not None and not fut.done():
-                    # Every fetch ends delivered or failed: never a reader
-                    # left waiting on a future nobody will resolve.
-                    fut.set_exception(
-                        ShortReadError(f"cachefs: the fetch of {key} ended empty")
-                    )
-                if key in self._prefetching:
-                    self._prefetching.discard(key)
-                    # A prefetch that was never staged gives its budget back.
-                    if self.staging is not None:
-                        self.staging.unreserve(key.length)
-                        self.staging.forget(key)
+            self.fills.settle(run)
 
-    def _found_on(self, disk: DiskTier, key: ChunkKey) -> bool:
+    def _found_on(self, disk: NodeTier, key: ChunkKey) -> bool:
         """Resolve ``key`` from ``disk`` if another process published it."""
         if not disk.contains(key):
             return False
         view = disk.get(key)
         if view is None:
             return False
-        self._resolve(key, view)
+        self.fills.resolve(key, view)
         return True
 
-    async def _wait_for(self, key: ChunkKey, disk: DiskTier, lock: StripeLock) -> None:
+    async def _wait_for(self, key: ChunkKey, disk: NodeTier, lock: ProcessLock) -> None:
         """Wait while another process fetches ``key``; fetch it if it gave up."""
         self.stats.waited += 1
         delay = _POLL_FIRST
@@ -424,41 +386,33 @@ class ChunkRouter:
         """Fill keys this process holds the locks of: shared tier, then origin.
 
         With a shared tier, the origin fetch of a chunk is single-flight
-        across nodes where its engine allows (:meth:`SharedTier.fill_once`).
+        across nodes where its engine allows (:meth:`AsyncTier.fill_once`).
         """
 
         async def fetch(group: list[ChunkKey]) -> None:
             await asyncio.gather(
-                *(self._fetch_and_store(g) for g in _adjacent_runs(group, len(group)))
+                *(self._fetch_and_store(g) for g in adjacent_runs(group, len(group)))
             )
 
         async def accept(key: ChunkKey, view: memoryview) -> None:
-            await self._accept([(key, view)], publish=False)
+            await self._accept([(key, view)])
 
-        if self.shared is not None and keys:
-            found = await asyncio.gather(*(self.shared.get(k) for k in keys))
+        below = self._below
+        if below is not None and keys:
+            found = await asyncio.gather(*(below.get(k) for k in keys))
             hits = [(k, v) for k, v in zip(keys, found, strict=True) if v is not None]
             if hits:
-                await self._accept(hits, publish=False)
+                await self._accept(hits)
             keys = [k for k, v in zip(keys, found, strict=True) if v is None]
             if keys:
-                await self.shared.fill_once(keys, fetch, accept)
+                await below.fill_once(keys, fetch, accept)
         elif keys:
             await fetch(keys)
 
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
         self.stats.coalesced_requests += 1
-        by_start = {k.start: k for k in keys}
-        got: list[tuple[ChunkKey, memoryview]] = []
-
-        def on_piece(offset: int, data: bytes | memoryview) -> None:
-            # Each chunk goes to its readers the moment it has arrived.
-            key = by_start[offset]
-            view = memoryview(data).cast("B").toreadonly()
-            self._deliver(key, view)
-            got.append((key, view))
-
+        arrivals = Arrivals(self.fills, keys)
         try:
             await self.fetcher.stream(
                 first.version.path,
@@ -467,58 +421,46 @@ class ChunkRouter:
                 first.chunk_size,
                 token=first.version.token,
                 size=first.version.size,
-                on_piece=on_piece,
+                on_piece=arrivals.on_piece,
             )
-            if len(got) < len(keys):
-                # The stream ended early without saying why: fail the rest
-                # rather than leave their readers waiting.
-                raise ShortReadError(
-                    f"{first.version.path}: the origin ended the read of bytes "
-                    f"{first.start}-{last.stop - 1} after {len(got)} of "
-                    f"{len(keys)} chunks"
-                )
+            arrivals.check_complete(first.version.path, first.start, last.stop)
         finally:
-            if got:
-                self.stats.fills += len(got)
-                await self._store_items(got, publish=self.shared is not None)
+            await self._store_fetched(arrivals)
 
-    async def _accept(
-        self, items: list[tuple[ChunkKey, memoryview]], *, publish: bool
-    ) -> None:
-        """Hand chunks to their readers and store them in the tiers."""
+    async def _store_fetched(self, arrivals: Arrivals) -> None:
+        """Count what one ranged read fetched, and store it in the tiers."""
+        if arrivals.got:
+            self.stats.fills += len(arrivals.got)
+            await self._store_items(arrivals.got, publish=self._below is not None)
+
+    async def _accept(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
+        """Hand chunks from the shared tier to their readers; store them here."""
         for key, view in items:
-            self._deliver(key, view)
-        await self._store_items(items, publish=publish)
-
-    def _deliver(self, key: ChunkKey, view: memoryview) -> None:
-        """Stage (prefetch) or keep in RAM, and wake the chunk's readers."""
-        if key in self._prefetching and self.staging is not None:
-            self._prefetching.discard(key)
-            if self.ram is not None and key in self.ram:
-                # A reader's own fetch (an open) got it into RAM first.
-                self.staging.unreserve(key.length)
-            else:
-                self.staging.put(key, view)
-        elif self.ram is not None:
-            self.ram.put(key, view)
-        self._resolve(key, view)
+            self.fills.deliver(key, view)
+        await self._store_items(items, publish=False)
 
     async def _store_items(
         self, items: list[tuple[ChunkKey, memoryview]], *, publish: bool
     ) -> None:
-        if self.disks:
+        disk = self.disk
+        if disk is not None:
             # Disk writes leave the loop's thread: a slow disk stalls no fetch.
             # A thread cannot be cancelled: the write is shielded and tracked,
             # so a cancelled fill (close()) still lets drain() wait for it.
-            write = asyncio.get_running_loop().run_in_executor(None, self._store, items)
+            write = asyncio.get_running_loop().run_in_executor(
+                None, self._store, disk, items
+            )
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
             await asyncio.shield(write)
-        if publish and self.shared is not None:
+        if publish and self._below is not None:
             # Write-back to the shared tier, in the background.
-            task = asyncio.get_running_loop().create_task(self._publish(items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.track(asyncio.get_running_loop().create_task(self._publish(items)))
+
+    @staticmethod
+    def _store(disk: Tier, items: list[tuple[ChunkKey, memoryview]]) -> None:
+        for key, view in items:
+            disk.put(key, view)
 
     async def open_stream(
         self,
@@ -528,7 +470,7 @@ class ChunkRouter:
         chunk_size: int,
         make_version: Callable[[dict[str, Any]], FileVersion],
         *,
-        lock: StripeLock | None = None,
+        lock: ProcessLock | None = None,
         staged: bool = False,
         reserved: int = 0,
     ) -> FileVersion:
@@ -543,49 +485,32 @@ class ChunkRouter:
         """
         loop = asyncio.get_running_loop()
         learned: asyncio.Future[FileVersion] = loop.create_future()
-        learned.add_done_callback(_retrieve)  # type: ignore[arg-type]
-        mine: dict[int, ChunkKey] = {}
-        got: list[tuple[ChunkKey, memoryview]] = []
-        held: list[StripeLock] = []
+        learned.add_done_callback(retrieve)
+        fills = self.fills
+        arrivals = Arrivals(fills)
+        held: list[ProcessLock] = []
         staging = self.staging if staged else None
 
         def on_info(info: dict[str, Any]) -> None:
             version = make_version(info)
             end = min(stop, version.size)
-            for index in range(start // chunk_size, -(-end // chunk_size)):
-                key = version.key(chunk_size, index)
-                if key in self._inflight or (self.ram is not None and key in self.ram):
-                    continue  # someone else has or fetches it
-                disk = self.disk_for(key)
-                if disk is not None:
-                    # The chunk's stripe lock, as any fill holds it: a process
-                    # that learns the version now waits for these bytes.
-                    stripe = disk.stripe_lock(key)
-                    if not stripe.try_acquire():
-                        continue  # another process fetches it
-                    if disk.contains(key):
-                        stripe.release()
-                        continue
-                    held.append(stripe)
-                fut: asyncio.Future[memoryview] = loop.create_future()
-                fut.add_done_callback(_retrieve)
-                self._inflight[key] = fut
-                mine[key.start] = key
+            indices = range(start // chunk_size, -(-end // chunk_size))
+            keys = [version.key(chunk_size, i) for i in indices]
+            # Each chunk's stripe lock, as any fill holds it: a process that
+            # learns the version now waits for these bytes.
+            claimed, locks = fills.claim(keys, loop, self.disk)
+            held.extend(locks)
+            for key in claimed:
+                arrivals.expect(key)
             if staging is not None:
-                used = sum(k.length for k in mine.values())
-                staging.unreserve(max(reserved - used, 0))
-                self._prefetching.update(mine.values())
+                mine = arrivals.expected.values()
+                staging.unreserve(max(reserved - sum(k.length for k in mine), 0))
+                fills.prefetching.update(mine)
                 staging.stats.issued += len(mine)
             learned.set_result(version)
 
-        def on_piece(offset: int, data: bytes | memoryview) -> None:
-            key = mine.get(offset)
-            if key is not None:
-                view = memoryview(data).cast("B").toreadonly()
-                self._deliver(key, view)
-                got.append((key, view))
-
         async def run() -> None:
+            mine = arrivals.expected.values()
             try:
                 await self.fetcher.stream(
                     path,
@@ -593,17 +518,13 @@ class ChunkRouter:
                     stop,
                     chunk_size,
                     on_info=on_info,
-                    on_piece=on_piece,
+                    on_piece=arrivals.on_piece,
                 )
                 if not learned.done():
                     raise OriginResponseError(
                         f"{path}: the origin's answer gave no size nor version"
                     )
-                if len(got) < len(mine):
-                    raise ShortReadError(
-                        f"{path}: the origin ended the read of bytes "
-                        f"{start}-{stop - 1} after {len(got)} of {len(mine)} chunks"
-                    )
+                arrivals.check_complete(path, start, stop)
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 if not learned.done():
@@ -611,28 +532,17 @@ class ChunkRouter:
                     if staging is not None and not cancelled:
                         staging.stats.failed += 1  # the file's first batch
                 elif staging is not None and not cancelled:
-                    keys = mine.values()
-                    staging.stats.failed += sum(k in self._prefetching for k in keys)
-                self._fail(mine.values(), exc)
+                    fills.count_failed_prefetches(mine)
+                fills.fail(mine, exc)
                 if not isinstance(exc, Exception):  # cancelled, interrupted, ...
                     raise
             finally:
                 try:
-                    if got:
-                        self.stats.fills += len(got)
+                    if arrivals.got:
                         self.stats.coalesced_requests += 1
-                        await self._store_items(got, publish=self.shared is not None)
+                    await self._store_fetched(arrivals)
                 finally:
-                    for key in mine.values():
-                        fut = self._inflight.pop(key, None)
-                        if fut is not None and not fut.done():
-                            fut.set_exception(
-                                ShortReadError(f"cachefs: the fetch of {key} ended")
-                            )
-                        if key in self._prefetching and self.staging is not None:
-                            self._prefetching.discard(key)
-                            self.staging.unreserve(key.length)
-                            self.staging.forget(key)
+                    fills.settle(list(mine))
                     for stripe in held:
                         stripe.release()
                     if lock is not None:
@@ -640,51 +550,37 @@ class ChunkRouter:
                     if staging is not None and not learned.done():
                         staging.unreserve(reserved)
 
-        task = loop.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.track(loop.create_task(run()))
         return await asyncio.shield(learned)
 
     async def _publish(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
-        assert self.shared is not None
+        below = self._below
+        assert below is not None
         # Together: a node waiting on this run's leases gets it sooner.
-        await asyncio.gather(*(self.shared.put(key, view) for key, view in items))
+        await asyncio.gather(*(below.put(key, view) for key, view in items))
 
-    def file_lock(self, protocol: str, path: str) -> StripeLock | None:
+    def file_lock(self, protocol: str, path: str) -> ProcessLock | None:
         """Return the cross-process lock for learning a file's version."""
-        if not self.disks:
+        if self.disk is None:
             return None
-        return self.disks[0].file_lock(f"{protocol}\0{path}")
+        return self.disk.file_lock(f"{protocol}\0{path}")
 
-    async def acquire(self, lock: StripeLock) -> None:
+    async def acquire(self, lock: ProcessLock) -> None:
         """Wait (polling, off any thread) until ``lock`` is ours."""
         delay = _POLL_FIRST
         while not lock.try_acquire():
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
 
-    def _store(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
-        for key, view in items:
-            disk = self.disk_for(key)
-            if disk is not None:
-                disk.put(key, view)
-
-    def _fail(self, keys: Iterable[ChunkKey], exc: BaseException) -> None:
-        """Hand a failed (or cancelled) fetch to the readers of ``keys``."""
-        for key in keys:
-            fut = self._inflight.get(key)
-            if fut is not None and not fut.done():
-                if isinstance(exc, Exception):
-                    fut.set_exception(exc)
-                else:  # cancelled or interrupted: the fetch's readers see a cancel
-                    fut.cancel()
-
-    def _resolve(self, key: ChunkKey, view: memoryview) -> None:
-        fut = self._inflight.get(key)
-        if fut is not None and not fut.done():
-            fut.set_result(view)
-
     # -- lifecycle -----------------------------------------------------------
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Count ``task`` with the fills (call on the loop).
+
+        :meth:`cancel_all` cancels it and :meth:`drain` waits for it.
+        """
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         """Wait until every fill in flight (disk writes included) is done."""
@@ -702,16 +598,14 @@ class ChunkRouter:
 
     def after_fork(self) -> None:
         """Forget the parent's fetches in a forked child."""
-        self._inflight = {}
+        self.fills.after_fork()
         self._tasks = set()
         self._writes = set()
-        self._prefetching = set()
-        self._placement = {}
         self._pid = os.getpid()
         if self.ram is not None:
             self.ram.after_fork()
-        for disk in self.disks:
-            disk.after_fork()
+        if self.disk is not None:
+            self.disk.after_fork()
         if self.staging is not None:
             self.staging.after_fork()
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
 

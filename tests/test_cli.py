@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
 from cachefs import cli as cli_module
-from cachefs.cli_format import Progress
+from cachefs.cli.format import Progress
 from cachefs.data.world import World
+from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
 
@@ -559,7 +559,7 @@ def test_demo_runs_the_demo_module(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: dict[str, Any] = {}
-    fake = types.ModuleType("cachefs.demo")
+    fake = types.ModuleType("cachefs.cli.demo")
 
     def add_arguments(parser: Any) -> None:
         parser.add_argument("--epochs", type=int)
@@ -570,11 +570,11 @@ def test_demo_runs_the_demo_module(
 
     fake.add_arguments = add_arguments  # type: ignore[attr-defined]
     fake.run_cli = run_cli  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cachefs.demo", fake)
+    monkeypatch.setitem(sys.modules, "cachefs.cli.demo", fake)
     assert cli_module.main(["demo", "--epochs", "2"]) == 7
     assert seen == {"epochs": 2}
 
-    monkeypatch.setitem(sys.modules, "cachefs.demo", None)
+    monkeypatch.setitem(sys.modules, "cachefs.cli.demo", None)
     assert cli_module.main(["demo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo not available" in err[0]

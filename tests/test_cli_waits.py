@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 from tests.test_cli import CACHEFS, cache_args
 
 MiB = 2**20

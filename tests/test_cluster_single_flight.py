@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.origin import HTTPOrigin
+from cachefs.testing import HTTPOrigin
 
 pytest_plugins = ("tests.s3_server",)
 

@@ -1,7 +1,7 @@
 """ShardDataset through real DataLoaders, processes and a real HTTP origin.
 
-Shards are tar files written by Python's tarfile (``cachefs.demo.
-make_dataset``), served by ``bench.origin.HTTPOrigin`` and read through a
+Shards are tar files written by Python's tarfile (``cachefs.cli.demo.
+make_dataset``), served by ``cachefs.testing.HTTPOrigin`` and read through a
 CacheFileSystem whose chunks are smaller than a shard.
 """
 
@@ -23,12 +23,12 @@ import fsspec
 import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem
+from cachefs.cli.demo import make_dataset
 from cachefs.data.dataset import ShardDataset, expand_urls, to_bytes
 from cachefs.data.errors import ShardFormatError
 from cachefs.data.world import World
-from cachefs.demo import make_dataset
+from cachefs.testing import HTTPOrigin
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = 7

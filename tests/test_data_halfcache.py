@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from torch.utils.data import DataLoader
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem
+from cachefs.cli.demo import make_dataset
 from cachefs.data.dataset import ShardDataset
-from cachefs.demo import make_dataset
+from cachefs.testing import HTTPOrigin
 
 KiB, MiB = 2**10, 2**20
 SHARDS = 16

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem, ChunkKey
 from cachefs.data.errors import ShardFormatError
 from cachefs.data.tar import TarReader, _number, split_key
+from cachefs.testing import HTTPOrigin
 
 CHUNK = 4096
 LONG_DIR = "d" * 60 + "/" + "e" * 50

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cachefs import demo
+from cachefs.cli import demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_demo_without_torch_uses_the_plain_iterable(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['torch'] = None\n"
-        "from cachefs.demo import main\n"
+        "from cachefs.cli.demo import main\n"
         "sys.exit(main(['--quick', '--epochs', '2', '--shards', '2', "
         "'--no-baseline']))\n"
     )

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
 from cachefs.chunks import ChunkKey, FileVersion, version_token
 from cachefs.policy import make_policy
+from cachefs.testing import HTTPOrigin, make_shards
 from cachefs.tiers.disk import CHUNK_HEADER, DiskTier
 
 MiB = 2**20

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.epoch_scan import hit_rates
-from bench.origin import make_shards
+from cachefs.testing import make_shards
 from cachefs.tiers.disk import CHUNK_HEADER
 
 KiB = 1024

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
 

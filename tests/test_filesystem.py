@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.origin import HTTPOrigin
 from cachefs import CachedFile, CacheFileSystem
+from cachefs.testing import HTTPOrigin
 
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from bench.origin import HTTPOrigin
+from cachefs.testing import HTTPOrigin
 
 datasets = pytest.importorskip("datasets")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import fsspec
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 
 def test_a_thousand_urls_share_one_instance_and_one_ram_budget(

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs.chunks import FileVersion, version_token
 from cachefs.policy import make_policy
+from cachefs.testing import HTTPOrigin, make_shards
 from cachefs.tiers.disk import CHUNK_HEADER, DiskTier
 
 MiB = 2**20

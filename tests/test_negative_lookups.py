@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin
 
 xr = pytest.importorskip("xarray")
 

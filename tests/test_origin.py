@@ -20,7 +20,7 @@ import pytest
 from fsspec.asyn import sync
 from fsspec.implementations.http import HTTPFileSystem
 
-from bench.origin import HTTPOrigin, make_shards
+from cachefs.testing import HTTPOrigin, make_shards
 
 SIZE = 300_000
 FILES = {

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
 

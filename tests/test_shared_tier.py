@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin, make_shards
 
 pytest_plugins = ("tests.s3_server",)
 

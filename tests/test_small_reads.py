@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
 from cachefs import CacheFileSystem, available_policies
+from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin, make_shards
+from cachefs.testing import HTTPOrigin, make_shards
 
 REPO = Path(__file__).resolve().parents[1]
 KiB, MiB = 2**10, 2**20
@@ -51,7 +51,7 @@ FD_SLACK = 16
 CHILD = r"""
 import json, os, random, sys, threading, time
 import fsspec
-from bench.origin import make_shards
+from cachefs.testing import make_shards
 
 cfg = json.loads(sys.argv[1])
 files = make_shards(cfg["files"], cfg["file_size"], seed=cfg["seed"], prefix="soak/")

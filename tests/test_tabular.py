@@ -18,8 +18,8 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from upath import UPath
 from upath.registry import available_implementations
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin
 
 COLUMNS = 8
 ROWS = 40_000

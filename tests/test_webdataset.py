@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.origin import HTTPOrigin
+from cachefs.testing import HTTPOrigin
 
 pytest.importorskip("webdataset")
 pytest.importorskip("torch")

@@ -11,10 +11,10 @@ import pytest
 import zarr
 from zarr.storage import FsspecStore
 
-from bench.origin import HTTPOrigin
 from cachefs import CacheFileSystem
 from cachefs.data import World
 from cachefs.data.zarr_windows import ZarrWindows
+from cachefs.testing import HTTPOrigin
 
 SHAPE = (256, 192)
 CHUNKS = (32, 32)  # an 8 x 6 grid of 4 KiB chunks

@@ -473,7 +473,8 @@ class ShardDataset(_Base):  # type: ignore[misc]
         if store is None or not isinstance(fs, CacheFileSystem):
             return index
         # No I/O: the version as this cache (any process) last saw it.
-        version = fs._known_version(fs._target_path(self.urls[shard]))
+        resolver = fs.resolver
+        version = resolver.known(resolver.target_path(self.urls[shard]))
         known = None if version is None else store.get(version, "tar")
         if known is None or known.samples != index.samples:
             return index

@@ -1,7 +1,20 @@
-"""Cache tiers behind one small protocol: RAM per process, disk per node."""
+"""Cache tiers behind small protocols: RAM per process, disk per node, shared.
 
-from cachefs.tiers.base import Tier, TierStats
+:mod:`cachefs.tiers.base` holds the protocols (:class:`Tier`,
+:class:`NodeTier`, :class:`AsyncTier`); each tier kind has its own module.
+"""
+
+from cachefs.tiers.base import AsyncTier, NodeTier, Tier, TierStats
 from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.diskset import DiskSet
 from cachefs.tiers.ram import RamTier
 
-__all__ = ["DiskTier", "RamTier", "Tier", "TierStats"]
+__all__ = [
+    "AsyncTier",
+    "DiskSet",
+    "DiskTier",
+    "NodeTier",
+    "RamTier",
+    "Tier",
+    "TierStats",
+]

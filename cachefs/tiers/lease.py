@@ -49,14 +49,9 @@ async def call_fs(
     fs: AbstractFileSystem, method: str, *args: Any, **kwargs: Any
 ) -> Any:
     """Call ``fs.<method>`` natively when async, else on a worker thread."""
-    if fs.async_impl:
-        coro = getattr(fs, "_" + method)(*args, **kwargs)
-        if fs.asynchronous or fs.loop is asyncio.get_running_loop():
-            return await coro
-        return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(coro, fs.loop)
-        )
-    return await asyncio.to_thread(getattr(fs, method), *args, **kwargs)
+    from cachefs.bridge import call  # the one crossing into a target
+
+    return await call(fs, method, *args, **kwargs)
 
 
 def lease_kind(protocol: str) -> str | None:

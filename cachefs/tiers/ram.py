@@ -104,6 +104,14 @@ class RamTier:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, ChunkKey) and key.digest in self._entries
 
+    def contains(self, key: ChunkKey) -> bool:
+        """Return whether ``key`` is held (not counted as a lookup)."""
+        return key.digest in self._entries
+
+    def in_memory(self, key: ChunkKey) -> bool:
+        """Whether ``key`` is held: every chunk here is served in place."""
+        return key.digest in self._entries
+
     def _remove(self, digest: object, *, evicted: bool) -> None:
         view = self._entries.pop(digest, None)  # type: ignore[call-overload]
         self.policy.removed(digest)

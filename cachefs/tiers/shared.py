@@ -27,13 +27,13 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.chunks import ChunkKey
+from cachefs.tiers.base import AcceptChunk, FetchChunks
 from cachefs.tiers.lease import Leases, call_fs
 from cachefs.tiers.record import RecordCodec
 
@@ -90,6 +90,8 @@ class SharedStats:
 
 class SharedTier:
     """Chunk records under ``root`` on the filesystem ``fs``.
+
+    An :class:`~cachefs.tiers.base.AsyncTier`: read on the event loop.
 
     Parameters
     ----------
@@ -223,8 +225,8 @@ class SharedTier:
     async def fill_once(
         self,
         keys: list[ChunkKey],
-        fetch: Callable[[list[ChunkKey]], Awaitable[None]],
-        accept: Callable[[ChunkKey, memoryview], Awaitable[None]],
+        fetch: FetchChunks,
+        accept: AcceptChunk,
     ) -> None:
         """Fetch ``keys`` (missing here) from the origin once cluster-wide.
 

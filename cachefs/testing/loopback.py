@@ -1,9 +1,10 @@
 """An aiohttp application served on loopback from a daemon thread.
 
-The base of the demo's origin (:mod:`cachefs.data._demo_origin`) and of the
-test and benchmark origin (``bench/origin.py``): it binds ``127.0.0.1`` on
-port 0 (so parallel runs never collide), runs the application on its own
-event loop, and stops cleanly. Subclasses implement :meth:`_handle`.
+The base of the demo's origin (:mod:`cachefs.cli.demo_origin`) and of the
+test and benchmark origin (:class:`cachefs.testing.origin.HTTPOrigin`): it
+binds ``127.0.0.1`` on port 0 (so parallel runs never collide), runs the
+application on its own event loop, and stops cleanly. Subclasses implement
+:meth:`LoopbackServer._handle`.
 """
 
 from __future__ import annotations

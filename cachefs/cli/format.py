@@ -1,23 +1,34 @@
-"""Small text helpers of the ``cachefs`` command: sizes, times, tables, progress."""
+"""What the ``cachefs`` command prints: sizes, times, tables, progress, exit codes."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "Heartbeat",
     "Progress",
     "fmt_bytes",
     "fmt_duration",
     "fmt_time",
+    "report",
     "table",
 ]
+
+#: Exit codes: success; the operation did not fully succeed (a file not
+#: cached, a damaged chunk, a missing file); a usage error (bad option,
+#: size, URL or JSON); interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -68,6 +79,15 @@ def table(
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def report(args: Any, out: TextIO, doc: dict[str, Any], text: str) -> int:
+    """Print ``doc`` as JSON with ``--json``, else ``text`` unless ``--quiet``."""
+    if args.json:
+        out.write(json.dumps(doc, indent=2) + "\n")
+    elif not args.quiet:
+        out.write(text + "\n")
+    return EXIT_OK
 
 
 class Progress:

@@ -29,7 +29,7 @@ from typing import Any
 import fsspec
 
 from cachefs.chunks import parse_size
-from cachefs.data._demo_origin import DemoOrigin
+from cachefs.cli.demo_origin import DemoOrigin
 from cachefs.data.dataset import ShardDataset
 from cachefs.data.shards import Sample
 from cachefs.filesystem import CacheFileSystem

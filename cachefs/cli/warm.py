@@ -22,10 +22,10 @@ from fsspec.asyn import sync
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.bridge import call_sync
-from cachefs.chunks import FileVersion, version_token
-from cachefs.cli_config import Settings, make_fs, url_protocol
-from cachefs.cli_format import Heartbeat, Progress, fmt_bytes, fmt_duration
-from cachefs.cli_inspect import display_url
+from cachefs.chunks import FileVersion
+from cachefs.cli.format import Heartbeat, Progress, fmt_bytes, fmt_duration
+from cachefs.cli.inspect import display_url
+from cachefs.cli.settings import Settings, make_fs, url_protocol
 from cachefs.data.world import World
 from cachefs.filesystem import CacheFileSystem
 from cachefs.prefetch import PrefetchHandle
@@ -200,19 +200,29 @@ class WarmResult:
         }
 
 
-async def _infos(
+async def _learn(
     fs: CacheFileSystem,
     paths: Sequence[str],
     limit: int,
     heartbeat: Heartbeat | None,
-) -> list[dict[str, Any] | BaseException]:
+) -> list[FileVersion | BaseException | None]:
+    """Ask the origin for each file's info, ``limit`` at a time; learn versions.
+
+    The origin is asked even for a version the node knows: a warm checks
+    that the cached version is still the origin's. ``None`` for a directory.
+    """
+    resolver = fs.resolver
     gate = asyncio.Semaphore(limit)
 
-    async def one(path: str) -> dict[str, Any]:
+    async def one(path: str) -> FileVersion | None:
+        tpath = resolver.target_path(path)
         async with gate:
             with _waiting(heartbeat, f"the info of {_url(fs, path)}"):
-                info: dict[str, Any] = await fs._info(path)
-            return info
+                info = await resolver.info(tpath)
+        if info.get("type") == "directory":
+            return None
+        # With metadata_ttl=0 nothing is kept: the info itself gives it.
+        return resolver.known(tpath) or resolver.from_info(tpath, info)
 
     return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
@@ -226,25 +236,14 @@ def _versions(
     """Learn every file's version (one metadata request each, concurrently)."""
     versions: list[FileVersion] = []
     failed: list[tuple[str, str]] = []
-    infos = sync(fs.loop, _infos, fs, paths, limit, heartbeat)
-    for path, info in zip(paths, infos, strict=True):
-        if isinstance(info, BaseException):
-            if not isinstance(info, Exception):
-                raise info
-            failed.append((path, _describe(info)))
-            continue
-        if info.get("type") == "directory":
-            continue
-        tpath = str(fs.fs._strip_protocol(fs._strip_protocol(path)))
-        version = fs.metadata.get(fs.target_protocol, tpath)
-        if version is None:
-            if info.get("size") is None:
-                failed.append((path, "the origin reports no size"))
-                continue
-            version = FileVersion(
-                fs.target_protocol, tpath, int(info["size"]), version_token(info)
-            )
-        versions.append(version)
+    learned = sync(fs.loop, _learn, fs, paths, limit, heartbeat)
+    for path, version in zip(paths, learned, strict=True):
+        if isinstance(version, BaseException):
+            if not isinstance(version, Exception):
+                raise version
+            failed.append((path, _describe(version)))
+        elif version is not None:
+            versions.append(version)
     return versions, failed
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from cachefs._loopback import LoopbackServer
+from cachefs.testing.loopback import LoopbackServer
 
 __all__ = ["DemoOrigin"]
 

@@ -36,9 +36,9 @@ from typing import Any, TextIO
 import fsspec
 
 from cachefs.chunks import parse_size
-from cachefs.cli_config import Settings, keyword_defaults, make_fs, url_protocol
-from cachefs.cli_format import Heartbeat, fmt_bytes, fmt_duration, table
-from cachefs.cli_warm import expand_urls
+from cachefs.cli.format import Heartbeat, fmt_bytes, fmt_duration, table
+from cachefs.cli.settings import Settings, keyword_defaults, make_fs, url_protocol
+from cachefs.cli.warm import expand_urls
 from cachefs.filesystem import CacheFileSystem
 
 __all__ = ["PassResult", "run_bench"]

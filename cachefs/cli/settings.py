@@ -6,7 +6,10 @@ in :class:`~cachefs.CacheFileSystem`, fsspec's configuration files
 (``FSSPEC_CACHEFS='{...}'``, then ``FSSPEC_CACHEFS_<KWARG>``), and the
 command line. fsspec applies its configuration whenever the class is built;
 the command resolves the same layers itself so that it knows the chunk size,
-directories and budgets even for commands that build no filesystem.
+directories and budgets even for commands that build no filesystem, and
+checks them with the filesystem's own parser,
+:meth:`~cachefs.config.CacheConfig.from_kwargs`, naming the option or the
+source of a bad value.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import fsspec
 import fsspec.config
 
-from cachefs.chunks import parse_seconds, parse_size
-from cachefs.filesystem import CacheFileSystem, default_cache_dir
-from cachefs.tiers.disk import parse_flag
+from cachefs.cli.format import EXIT_OK, fmt_bytes, table
+from cachefs.config import CacheConfig
+from cachefs.filesystem import CacheFileSystem
 
 __all__ = [
+    "CLI_OPTIONS",
     "Settings",
+    "cmd_config",
     "keyword_defaults",
     "make_fs",
     "resolve_settings",
@@ -60,6 +65,11 @@ class Settings:
         The parsed values of those keywords.
     trust_cache_dir
         Whether a cache dir another user owns or others can write is used.
+    config
+        Every cache keyword, parsed and checked by
+        :meth:`~cachefs.config.CacheConfig.from_kwargs`: the fields above
+        are its values, so the command and the filesystem read a setting
+        alike.
     values
         The effective value of every keyword, as its source gave it.
     sources
@@ -73,6 +83,7 @@ class Settings:
     chunk_size: int
     metadata_ttl: float | None
     target_options: dict[str, Any]
+    config: CacheConfig
     trust_cache_dir: bool = False
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
@@ -150,20 +161,6 @@ def _label(name: str, source: str) -> str:
     return f"{name} (from {source})"
 
 
-def _parse_dirs(value: Any, label: str) -> list[Path]:
-    if value is None:
-        return [default_cache_dir()]
-    items = [value] if isinstance(value, str | os.PathLike) else value
-    if not isinstance(items, Sequence) or isinstance(items, bytes) or not items:
-        raise ValueError(f"{label}={value!r} must be a path or a list of paths")
-    out = []
-    for item in items:
-        if not isinstance(item, str | os.PathLike) or not os.fspath(item):
-            raise ValueError(f"{label} entries must be paths, got {item!r}")
-        out.append(Path(os.fspath(item)).expanduser().absolute())
-    return out
-
-
 def _parse_options(value: Any, label: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -188,7 +185,7 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
 
     Raises
     ------
-    ValueError
+    TypeError, ValueError
         If a value does not parse; the message names the option, or the
         keyword and the config source it came from.
     """
@@ -205,27 +202,23 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
     def label(name: str) -> str:
         return _label(name, sources.get(name, "default"))
 
-    dirs = _parse_dirs(values.get("cache_dir"), label("cache_dir"))
+    given = {n: values[n] for n in CacheConfig.KEYWORDS if n in values}
+    # One parser for every spelling ("none", "1GiB", "true"...), the one the
+    # filesystem uses, so the command never accepts what a job refuses.
+    config = CacheConfig.from_kwargs(**given, labels={n: label(n) for n in given})
     if sources["cache_dir"] == "default":
-        values["cache_dir"] = str(dirs[0])
-    sizes = {
-        name: parse_size(values[name], label(name), allow_zero=name != "chunk_size")
-        for name in ("ram_limit", "disk_limit", "chunk_size")
-    }
+        values["cache_dir"] = str(config.cache_dirs[0])
     return Settings(
-        cache_dirs=dirs,
-        ram_limit=sizes["ram_limit"],
-        disk_limit=sizes["disk_limit"],
-        chunk_size=sizes["chunk_size"],
-        metadata_ttl=parse_seconds(
-            values.get("metadata_ttl"), label("metadata_ttl"), allow_none=True
-        ),
+        cache_dirs=list(config.cache_dirs),
+        ram_limit=config.ram_limit,
+        disk_limit=config.disk_limit,
+        chunk_size=config.chunk_size,
+        metadata_ttl=config.metadata_ttl,
         target_options=_parse_options(
             values.get("target_options"), label("target_options")
         ),
-        trust_cache_dir=parse_flag(
-            values.get("trust_cache_dir", False), label("trust_cache_dir")
-        ),
+        trust_cache_dir=config.trust_cache_dir,
+        config=config,
         values=values,
         sources=sources,
     )
@@ -290,3 +283,45 @@ def make_fs(settings: Settings, protocol: str, **overrides: Any) -> CacheFileSys
                 f"cache dir {name!r} is not usable: {exc.strerror or exc}"
             ) from exc
         raise
+
+
+def cmd_config(
+    settings: Settings, args: Any, out: TextIO, log: Callable[[str], None]
+) -> int:
+    """``cachefs config``: every keyword's effective value and its source."""
+    names = list(keyword_defaults())
+    names += [n for n in settings.values if n not in names]
+    if args.json:
+        doc = {
+            n: {
+                "value": _jsonable(settings.values.get(n)),
+                "source": settings.sources[n],
+            }
+            for n in names
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return EXIT_OK
+    parsed = {
+        "ram_limit": settings.ram_limit,
+        "disk_limit": settings.disk_limit,
+        "chunk_size": settings.chunk_size,
+    }
+    rows = []
+    for n in names:
+        value = settings.values.get(n)
+        text = "none" if value is None else str(value)
+        if n in parsed and isinstance(value, int):
+            text += f" ({fmt_bytes(parsed[n])})"
+        if n == "cache_dir":
+            text = ", ".join(str(d) for d in settings.cache_dirs)
+        rows.append([n, text, settings.sources[n]])
+    out.write(table(["keyword", "value", "source"], rows) + "\n")
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value

@@ -1,0 +1,229 @@
+"""The fills in flight in one process: one future per chunk, always ended.
+
+A *fill* brings chunks up from below the node (the shared tier or the
+origin) for the readers waiting on them. Each chunk in flight has one
+future here, which every reader of the chunk joins: single flight inside
+the process. A fill hands each chunk to its readers the moment it arrives
+(:meth:`Fills.deliver`): staged when it was fetched ahead of its reader,
+else kept in RAM. Whatever happens, every future ends delivered or failed
+(:meth:`Fills.settle`), and a prefetch that was never staged gives its
+budget back.
+
+:class:`Arrivals` collects the chunks of one ranged read as they stream in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from cachefs.chunks import ChunkKey
+from cachefs.errors import ShortReadError
+from cachefs.tiers.base import NodeTier, ProcessLock, Tier
+from cachefs.tiers.staging import Staging
+
+__all__ = ["Arrivals", "Fills", "adjacent_runs", "retrieve"]
+
+
+def retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark ``fut``'s exception retrieved (a done callback).
+
+    A fill nobody awaits must not log noise when it fails.
+    """
+    if not fut.cancelled():
+        fut.exception()
+
+
+def adjacent_runs(keys: Iterable[ChunkKey], cap: int) -> Iterator[list[ChunkKey]]:
+    """Group keys into runs of consecutive chunks of one version, ``cap`` long."""
+    run: list[ChunkKey] = []
+    for key in sorted(keys, key=lambda k: (k.version.path, k.version.token, k.index)):
+        if run and (
+            key.version != run[-1].version
+            or key.index != run[-1].index + 1
+            or len(run) >= cap
+        ):
+            yield run
+            run = []
+        run.append(key)
+    if run:
+        yield run
+
+
+class Fills:
+    """The chunks this process fetches now, and their waiting readers.
+
+    Call on the event loop only (futures are the loop's).
+
+    Parameters
+    ----------
+    ram
+        Where a chunk a reader asked for is kept, or ``None``.
+    staging
+        Where a chunk fetched ahead of its reader waits, or ``None``.
+
+    Attributes
+    ----------
+    inflight
+        The future of each chunk in flight.
+    prefetching
+        The chunks in flight that were fetched ahead of their reader and are
+        not yet staged.
+    """
+
+    def __init__(self, ram: Tier | None, staging: Staging | None) -> None:
+        self.ram = ram
+        self.staging = staging
+        self.inflight: dict[ChunkKey, asyncio.Future[memoryview]] = {}
+        self.prefetching: set[ChunkKey] = set()
+
+    def begin(
+        self, key: ChunkKey, loop: asyncio.AbstractEventLoop, *, prefetch: bool
+    ) -> asyncio.Future[memoryview]:
+        """Put ``key`` in flight; return the future its readers wait on."""
+        fut: asyncio.Future[memoryview] = loop.create_future()
+        fut.add_done_callback(retrieve)
+        self.inflight[key] = fut
+        if prefetch:
+            self.prefetching.add(key)
+        return fut
+
+    def claim(
+        self,
+        keys: Iterable[ChunkKey],
+        loop: asyncio.AbstractEventLoop,
+        disk: NodeTier | None,
+    ) -> tuple[list[ChunkKey], list[ProcessLock]]:
+        """Put in flight those of ``keys`` that nobody has or fetches.
+
+        A key held in RAM or in flight here is left alone; so is one whose
+        stripe lock on ``disk`` another process holds (it fetches the key)
+        or that ``disk`` has. Returns the keys put in flight and the stripe
+        locks taken for them, which the caller releases once they are
+        stored.
+        """
+        claimed: list[ChunkKey] = []
+        held: list[ProcessLock] = []
+        for key in keys:
+            if key in self.inflight or (
+                self.ram is not None and self.ram.contains(key)
+            ):
+                continue
+            if disk is not None:
+                stripe = disk.stripe_lock(key)
+                if not stripe.try_acquire():
+                    continue
+                if disk.contains(key):
+                    stripe.release()
+                    continue
+                held.append(stripe)
+            self.begin(key, loop, prefetch=False)
+            claimed.append(key)
+        return claimed, held
+
+    def deliver(self, key: ChunkKey, view: memoryview) -> None:
+        """Stage (prefetch) or keep in RAM, and wake the chunk's readers."""
+        staging = self.staging
+        if key in self.prefetching and staging is not None:
+            self.prefetching.discard(key)
+            if self.ram is not None and self.ram.contains(key):
+                # A reader's own fetch (an open) got it into RAM first.
+                staging.unreserve(key.length)
+            else:
+                staging.put(key, view)
+        elif self.ram is not None:
+            self.ram.put(key, view)
+        self.resolve(key, view)
+
+    def resolve(self, key: ChunkKey, view: memoryview) -> None:
+        """Wake the readers of ``key`` with ``view`` (no storing)."""
+        fut = self.inflight.get(key)
+        if fut is not None and not fut.done():
+            fut.set_result(view)
+
+    def fail(self, keys: Iterable[ChunkKey], exc: BaseException) -> None:
+        """Hand a failed (or cancelled) fetch to the readers of ``keys``."""
+        for key in keys:
+            fut = self.inflight.get(key)
+            if fut is not None and not fut.done():
+                if isinstance(exc, Exception):
+                    fut.set_exception(exc)
+                else:  # cancelled or interrupted: the fetch's readers see a cancel
+                    fut.cancel()
+
+    def count_failed_prefetches(self, keys: Iterable[ChunkKey]) -> None:
+        """Count the prefetches among ``keys`` as failed."""
+        if self.staging is not None:
+            self.staging.stats.failed += sum(k in self.prefetching for k in keys)
+
+    def settle(self, keys: Iterable[ChunkKey]) -> None:
+        """End the fill of ``keys``: take them out of flight, whatever happened.
+
+        Every fetch ends delivered or failed: a reader is never left waiting
+        on a future nobody will resolve. A prefetch never staged gives its
+        budget back.
+        """
+        staging = self.staging
+        for key in keys:
+            fut = self.inflight.pop(key, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    ShortReadError(f"cachefs: the fetch of {key} ended empty")
+                )
+            if key in self.prefetching:
+                self.prefetching.discard(key)
+                if staging is not None:
+                    staging.unreserve(key.length)
+                    staging.forget(key)
+
+    def after_fork(self) -> None:
+        """Forget the parent's fills in a forked child."""
+        self.inflight = {}
+        self.prefetching = set()
+
+
+class Arrivals:
+    """The chunks of one ranged read, handed to their readers as they arrive.
+
+    Parameters
+    ----------
+    fills
+        The fills the chunks belong to.
+    keys
+        The chunks expected from the read (more may be added with
+        :meth:`expect`).
+    """
+
+    def __init__(self, fills: Fills, keys: Iterable[ChunkKey] = ()) -> None:
+        self._fills = fills
+        self.expected: dict[int, ChunkKey] = {k.start: k for k in keys}
+        #: The chunks that arrived, in order.
+        self.got: list[tuple[ChunkKey, memoryview]] = []
+
+    def expect(self, key: ChunkKey) -> None:
+        """Add ``key`` to the chunks this read delivers."""
+        self.expected[key.start] = key
+
+    def on_piece(self, offset: int, data: bytes | memoryview) -> None:
+        """Deliver the piece at ``offset`` if it is an expected chunk."""
+        key = self.expected.get(offset)
+        if key is not None:
+            view = memoryview(data).cast("B").toreadonly()
+            self._fills.deliver(key, view)
+            self.got.append((key, view))
+
+    def check_complete(self, path: str, start: int, stop: int) -> None:
+        """Fail the read if it ended before every expected chunk arrived.
+
+        Raises
+        ------
+        ShortReadError
+            The stream ended early without saying why: the rest are failed
+            rather than leave their readers waiting.
+        """
+        if len(self.got) < len(self.expected):
+            raise ShortReadError(
+                f"{path}: the origin ended the read of bytes {start}-{stop - 1} "
+                f"after {len(self.got)} of {len(self.expected)} chunks"
+            )
