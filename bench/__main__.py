@@ -32,6 +32,7 @@ from bench import (
     single_flight,
     user_loaders,
     user_paths,
+    user_reads,
 )
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
 from cachefs import parse_size
@@ -57,9 +58,9 @@ SCENARIOS: dict[str, Scenario] = {
     "user_cold_loader": user_loaders.run_cold_loader,
     "user_warm_epoch": user_loaders.run_warm_epoch,
     "user_warm_fresh": user_paths.run_warm_fresh,
-    "user_hot_ram": user_paths.run_hot_ram,
-    "user_random_fresh": user_paths.run_random_fresh,
-    "user_small_reads": user_paths.run_small_reads,
+    "user_hot_ram": user_reads.run_hot_ram,
+    "user_random_fresh": user_reads.run_random_fresh,
+    "user_small_reads": user_reads.run_small_reads,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -10,7 +10,9 @@ time of the writing thread and the wall time, for:
   buffered path);
 - ``O_DIRECT``: the bytes copied into an aligned buffer and written past the
   page cache;
-- ``writev + DONTNEED``: a buffered write whose pages are then dropped.
+- ``writev + DONTNEED``: a buffered write whose pages are then dropped;
+- batch size: the same bytes written in 1 MiB pieces as they arrive, and
+  four chunks in one ``writev`` (per-chunk cost of bigger batches).
 
 and, for each, the cost of reading the chunk back with ``mmap`` and a
 checksum right after (what the next epoch pays): writes that skip or drop the
@@ -38,6 +40,8 @@ from cachefs.policy import make_policy
 from cachefs.tiers.disk import DiskTier
 
 CHUNK = 4 << 20
+PIECE = 1 << 20
+BATCH = 4
 
 
 def _read_back(path: str) -> float:
@@ -87,9 +91,36 @@ def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
             os.close(fd)
         return path
 
+    def pieces(i: int) -> str:
+        # As a writer that stores each 1 MiB piece the moment it arrives.
+        path = str(plain / f"p{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            for off in range(0, CHUNK, PIECE):
+                os.write(fd, view[off : off + PIECE])
+        finally:
+            os.close(fd)
+        return path
+
+    def batched(i: int) -> str:
+        # BATCH chunks in one writev into one file, every BATCH-th call: the
+        # per-chunk cost of writing bigger records less often.
+        if i % BATCH != BATCH - 1:
+            return ""
+        path = str(plain / f"g{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.writev(fd, [data] * BATCH)
+        finally:
+            os.close(fd)
+        return path
+
     return {
         "DiskTier.put": put,
         "writev": buffered,
+        f"write, {PIECE >> 20} MiB pieces": pieces,
+        f"writev, {BATCH} chunks per call": batched,
         "O_DIRECT": direct,
         "writev + DONTNEED": lambda i: buffered(i, drop=True),
     }
@@ -118,7 +149,7 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                         path = write(n)
                         cpu += time.thread_time() - c0
                         wall += time.perf_counter() - t0
-                        back += _read_back(path)
+                        back += _read_back(path) if path else 0.0
                         n += 1
                 except OSError as exc:  # e.g. no O_DIRECT on this filesystem
                     failed[name] = f"{type(exc).__name__}: {exc}"

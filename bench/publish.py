@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.causes import cause_of
 from bench.report import Row, format_table
 
 __all__ = ["DOCS_DIR", "main", "publish"]
@@ -382,6 +383,16 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             f"| {row.target} | {verdict} |"
         )
     lines.append("")
+    unmet_rows = [(scenario, row) for scenario, row in targets if not row.met]
+    if unmet_rows:
+        lines += ["### Why unmet", ""]
+        seen: set[tuple[str, str]] = set()
+        for scenario, row in unmet_rows:
+            if (scenario, row.row) not in seen:
+                seen.add((scenario, row.row))
+                why = cause_of(scenario, row.row)
+                lines.append(f"- **{scenario}, {row.row}**: {why}")
+        lines.append("")
     winners = _winners(docs)
     if winners:
         lines += [

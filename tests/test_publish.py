@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.causes import cause_of
 from bench.publish import _color, publish
 from bench.report import Row
 
@@ -35,6 +36,9 @@ def test_page_names_modes_and_winners(tmp_path: Path) -> None:
     (results / "s3_cold.json").write_text(json.dumps(_doc("s3_cold", True, rows)))
     page = publish(results, tmp_path / "out").read_text()
     assert "| s3_cold (quick) | cold | cachefs readahead |" in page  # targets
+    # Every unmet target is listed with its cause, or says none is known.
+    why = page.split("### Why unmet", 1)[1].split("##", 1)[0]
+    assert "- **s3_cold, cold**: cause not established" in why
     winners = page.split("## Who wins where", 1)[1]
     assert "| 0.91x | simplecache::s3 |" in winners
     # Lower is better for times; the local file is a limit, not a peer.
@@ -50,3 +54,9 @@ def test_page_names_modes_and_winners(tmp_path: Path) -> None:
 def test_one_colour_per_system_family(a: str, b: str) -> None:
     assert _color(a) == _color(b)
     assert _color("simplecache") != _color("cachefs") != _color("s3fs (plain)")
+
+
+def test_recorded_causes_match_their_rows() -> None:
+    cause = cause_of("loader_peers", "half: origin ÷ dataset, epoch 2")
+    assert "7 of the 8 shards" in cause
+    assert cause_of("user_cold_open", "9 unknown row") == "cause not established"
