@@ -22,6 +22,7 @@ from bench import (
     cluster,
     cold_shards,
     compression,
+    consumer_wait,
     disk_writes,
     epoch_scan,
     hot_path,
@@ -45,7 +46,7 @@ Scenario = Callable[[bool, argparse.Namespace], list[Row]]
 SCENARIOS: dict[str, Scenario] = {
     "hot_path": hot_path.run,
     "cold_shards": cold_shards.run,
-    "consumer_wait": cold_shards.run_consumer_wait,
+    "consumer_wait": consumer_wait.run_consumer_wait,
     "epoch_scan": epoch_scan.run,
     "single_flight": single_flight.run,
     "compression": compression.run,
