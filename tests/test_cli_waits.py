@@ -69,6 +69,9 @@ def test_wait_propagates_interrupts_and_cancels(stalling_origin, tmp_path, signu
         skip_instance_cache=True,
     )
     previous = signal.signal(signal.SIGUSR1, _exit_on_usr1)
+    # As in a terminal: a suite started in the background (``cmd &``) runs
+    # with SIGINT ignored, which would make Ctrl-C a no-op here.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         handle = fs.prefetch([url])
         timer = _signal_main_soon(signum, 0.5)
@@ -84,6 +87,7 @@ def test_wait_propagates_interrupts_and_cancels(stalling_origin, tmp_path, signu
         assert handle.done()
     finally:
         signal.signal(signal.SIGUSR1, previous)
+        signal.signal(signal.SIGINT, previous_int)
         fs.close()
 
 
@@ -130,6 +134,12 @@ class _Stderr:
         return "".join(self.lines)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A suite started in the background runs with SIGINT ignored, and a
+    # child inherits that; the command must see Ctrl-C as a user's would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*CACHEFS, *args],
@@ -137,6 +147,7 @@ def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 
