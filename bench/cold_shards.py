@@ -1,6 +1,6 @@
 """Scenarios "cold_shards" and "consumer_wait": cold shards over a slow HTTP origin.
 
-Both scenarios read shards from :class:`bench.origin.HTTPOrigin` with 20 ms of
+Both scenarios read shards from :class:`cachefs.testing.HTTPOrigin` with 20 ms of
 latency before every response (an object store round trip). The origin is an
 aiohttp server in a background thread **of this process**: it shares the GIL
 and the CPU with the client, so every figure here is a client+origin figure on

@@ -4,7 +4,7 @@ Two entry points, each a fresh Python process:
 
 ``python -m bench.user_passes origin SPEC``
     Serve every file under ``SPEC["root"]`` from memory with
-    :class:`bench.origin.HTTPOrigin` (``SPEC["latency"]`` seconds before every
+    :class:`cachefs.testing.HTTPOrigin` (``SPEC["latency"]`` seconds before every
     response), print the port, then answer one JSON line per command read
     from stdin (``stats``, ``reset``) until stdin closes. The origin never
     shares a process, a GIL or an event loop with what is measured.
@@ -46,7 +46,7 @@ BATCH = 32
 
 def serve_origin(spec: dict[str, Any]) -> None:
     """Serve ``spec["root"]`` from memory until stdin closes (see module doc)."""
-    from bench.origin import HTTPOrigin
+    from cachefs.testing import HTTPOrigin
 
     # A client that hangs up mid-body (fsspec's http files do on close) makes
     # aiohttp log a traceback: noise here, not a fault.

@@ -1,6 +1,6 @@
 """Scenarios "user_*": cachefs on the paths users really take (issue 12).
 
-The origin is :class:`bench.origin.HTTPOrigin` with 20 ms before every
+The origin is :class:`cachefs.testing.HTTPOrigin` with 20 ms before every
 response, serving in-memory files from **its own process**
 (``python -m bench.user_passes origin``), never from the measuring one.
 Except ``user_hot_ram`` (a RAM hit is per process by definition), every pass
@@ -56,8 +56,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from bench.origin import make_shards
 from bench.report import Row, as_reference, compare, filesystem_of, median
+from cachefs.testing import make_shards
 
 __all__ = [
     "OriginProcess",

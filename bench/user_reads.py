@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from bench.origin import make_shards
 from bench.report import Row, as_reference, compare, interleaved, median
 from bench.user_paths import (
     HUGE_PAGE,
@@ -41,6 +40,7 @@ from bench.user_paths import (
 )
 from cachefs import CacheFileSystem
 from cachefs.policy import available_policies
+from cachefs.testing import make_shards
 
 __all__ = ["run_hot_ram", "run_random_fresh", "run_small_reads"]
 

@@ -115,7 +115,6 @@ class ChunkRouter:
         diskset = disks if isinstance(disks, DiskSet) else DiskSet.of(disks)
         self.disk: NodeTier | None = diskset
         self.disks: list[DiskTier] = [] if diskset is None else list(diskset.tiers)
-        self._diskset = diskset
         self.shared = shared
         self._below: AsyncTier | None = shared
         self.staging = staging
@@ -133,10 +132,6 @@ class ChunkRouter:
     def _inflight(self) -> dict[ChunkKey, asyncio.Future[memoryview]]:
         # The name tests look at: the fills' own map.
         return self.fills.inflight
-
-    def disk_for(self, key: ChunkKey) -> DiskTier | None:
-        """Return the disk tier that holds ``key`` (rendezvous hashing)."""
-        return None if self._diskset is None else self._diskset.tier_for(key)
 
     # -- hits (caller's thread) ----------------------------------------------
 

@@ -99,7 +99,7 @@ def test_concurrent_misses_of_one_chunk_make_one_request(
             await router.drain()
             assert router.stats.fills == 1
             # Stored below: the chunk's own directory has it, another does not.
-            placed = router.disk_for(key)
+            placed = router.disk.tier_for(key) if router.disk else None
             assert placed is not None and placed.contains(key)
             others = [d for d in router.disks if d is not placed]
             assert not any(d.contains(key) for d in others)

@@ -2,7 +2,7 @@
 
 They work on the on-disk layout (see the architecture page, "On-disk
 layout") without an origin and without a :class:`~cachefs.CacheFileSystem`,
-through the readers of its one owner: :class:`~cachefs.tiers.disk.DiskTier`
+through the readers of the disk tier's own package, :mod:`cachefs.tiers.layout`,
 for chunk files and :class:`~cachefs.metadata.MetadataCache` for version
 records (in the first cache directory). A chunk file's name is
 ``FileVersion(...).key(chunk_size, i).digest``, so the files of a record are
@@ -24,7 +24,7 @@ from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.cli.format import EXIT_OK, fmt_bytes, fmt_time, table
 from cachefs.cli.settings import Settings
 from cachefs.metadata import MetadataCache, StoredRecord
-from cachefs.tiers.disk import DiskTier
+from cachefs.tiers import layout
 
 __all__ = [
     "CacheView",
@@ -171,7 +171,7 @@ class CacheView:
     ------
     NotADirectoryError, PermissionError
         For a directory that cannot be a cache directory (see
-        :meth:`DiskTier.inspect_root`).
+        :func:`~cachefs.tiers.layout.inspect_root`).
     """
 
     def __init__(
@@ -181,7 +181,7 @@ class CacheView:
         self.chunk_size = chunk_size
         self.trust_cache_dir = trust_cache_dir
         self.present = [
-            DiskTier.inspect_root(d, trust=trust_cache_dir) for d in self.dirs
+            layout.inspect_root(d, trust=trust_cache_dir) for d in self.dirs
         ]
         self._scans: dict[Path, list[ChunkFile]] = {}
 
@@ -199,7 +199,7 @@ class CacheView:
         if root not in self._scans:
             found = []
             if self.present[self.dirs.index(root)]:
-                for path, size, mtime, counted in DiskTier.chunk_listing(root):
+                for path, size, mtime, counted in layout.chunk_listing(root):
                     found.append(ChunkFile(path.name, path, size, mtime, counted))
             self._scans[root] = found
         return self._scans[root]
@@ -305,10 +305,10 @@ def cmd_stats(
                 "path": str(root),
                 "exists": present,
                 "limit": share,
-                "usage": DiskTier.usage_counter(root) if present else None,
+                "usage": layout.usage_counter(root) if present else None,
                 "bytes": sum(cf.size for cf in files),
                 "chunks": len(files),
-                "tmp_files": DiskTier.tmp_count(root) if present else 0,
+                "tmp_files": layout.tmp_count(root) if present else 0,
             }
         )
     full = sum(1 for s in statuses if s.cached_chunks == s.chunks)

@@ -35,6 +35,7 @@ from cachefs.cli.inspect import (
 from cachefs.cli.settings import Settings
 from cachefs.metadata import MetadataCache
 from cachefs.policy import LRUPolicy
+from cachefs.tiers import layout
 from cachefs.tiers.disk import DiskTier
 
 __all__ = ["clear_dirs", "cmd_clear", "cmd_evict", "cmd_verify", "evict_files"]
@@ -97,14 +98,14 @@ def clear_dirs(view: CacheView) -> tuple[int, int, int]:
     nbytes = sum(cf.size for cf in chunks.values())
     records = 0
     for root in view.roots:
-        for path, _, _ in DiskTier.layout_strays(root):
+        for path, _, _ in layout.layout_strays(root):
             if path.parent == root:  # a symlinked subdirectory
-                DiskTier.remove_stray(root, path)
+                layout.remove_stray(root, path)
     for root in view.roots:
         _tier(root, view.trust_cache_dir).clear()
         good, bad = MetadataCache.stored_records(root / "meta", trust=True, misses=True)
         for path in [r.file for r in good] + [p for p, _ in bad]:
-            records += DiskTier.remove_stray(root, path)
+            records += layout.remove_stray(root, path)
     view.forget()
     return len(chunks), nbytes, records
 
@@ -167,9 +168,9 @@ def cmd_verify(
 
     # The layout first: a symlinked directory is unlinked, never followed.
     for root in view.roots:
-        for path, reason, _ in DiskTier.layout_strays(root):
+        for path, reason, _ in layout.layout_strays(root):
             if args.repair:
-                DiskTier.remove_stray(root, path)
+                layout.remove_stray(root, path)
             found(path, reason, args.repair and not _exists(path))
     view.forget()
     records, bad_records = view.records()
@@ -184,7 +185,7 @@ def cmd_verify(
     for cf in files:
         key = owners.get(cf.digest)
         expected = key.length if key is not None else None
-        why = DiskTier.check_chunk_file(cf.path, expected, trust=trust)
+        why = layout.check_chunk_file(cf.path, expected, trust=trust)
         checked += cf.size
         progress.update(checked, checked)
         if why is None:
@@ -196,7 +197,7 @@ def cmd_verify(
         progress.close(total, total)
     for path, reason in bad_records:
         if args.repair:
-            DiskTier.remove_stray(view.dirs[0], path)
+            layout.remove_stray(view.dirs[0], path)
         found(path, reason, args.repair and not _exists(path))
     _check_counters(view, args.repair, tiers, found)
     left = [d for d in damaged if not d["removed"]]
@@ -227,7 +228,7 @@ def _check_counters(
     """Check that each usage counter equals what the chunk files hold."""
     view.forget()
     for root in view.roots:
-        counter = DiskTier.usage_counter(root)
+        counter = layout.usage_counter(root)
         if repair:
             before, after = tiers[root].recount()
             if before != after:

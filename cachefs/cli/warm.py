@@ -266,10 +266,10 @@ def _cached_bytes(fs: CacheFileSystem, version: FileVersion) -> tuple[int, int]:
     tier (no disk tier), present there.
     """
     have = missing = 0
-    shared = fs.router.shared if not fs.router.disks else None
+    disk = fs.router.disk
+    shared = fs.router.shared if disk is None else None
     for i in range(version.chunk_count(fs.chunk_size)):
         key = version.key(fs.chunk_size, i)
-        disk = fs.router.disk_for(key)
         if disk is not None:
             present = disk.contains(key)
         elif shared is not None:

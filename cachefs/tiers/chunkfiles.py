@@ -79,12 +79,14 @@ def open_shard(chunks: Path, digest: str, *, create: bool) -> Iterator[int | Non
         os.close(dfd)
 
 
-def scan_chunks(chunks: Path) -> Iterator[DiskEntry]:
-    """Yield the chunk files under ``chunks``: the budget counts these only.
+def chunk_entries(
+    chunks: Path, *, ordered: bool = False
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield ``(shard, name, stat)`` of every entry in ``chunks/<shard>/``.
 
-    Anything else under ``chunks/`` (a misplaced or oddly named file, a
-    symlink, a directory) is a stray: not counted, never a chunk, and
-    removed by ``cachefs verify --repair`` and ``clear``.
+    Strays included (see :func:`scan_chunks` for the chunk files alone);
+    nothing is followed through a symlink. ``ordered`` sorts shards and
+    names (for listings people read).
     """
     try:
         cfd = open_dir(chunks)
@@ -92,29 +94,35 @@ def scan_chunks(chunks: Path) -> Iterator[DiskEntry]:
         return
     try:
         shards = os.listdir(cfd)
-        for shard in shards:
-            if len(shard) != 2:
-                continue
+        for shard in sorted(shards) if ordered else shards:
             try:
                 dfd = open_dir(shard, dir_fd=cfd)
             except OSError:
                 continue  # gone, or not a directory: a stray
             try:
-                with os.scandir(dfd) as it:
-                    entries = list(it)
-                for entry in entries:
-                    if not is_chunk_name(shard, entry.name):
-                        continue
+                names = os.listdir(dfd)
+                for name in sorted(names) if ordered else names:
                     try:
-                        st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     except FileNotFoundError:
-                        continue
-                    if stat.S_ISREG(st.st_mode):
-                        yield DiskEntry(entry.name, st.st_size, st.st_mtime)
+                        continue  # removed meanwhile
+                    yield shard, name, st
             finally:
                 os.close(dfd)
     finally:
         os.close(cfd)
+
+
+def scan_chunks(chunks: Path) -> Iterator[DiskEntry]:
+    """Yield the chunk files under ``chunks``: the budget counts these only.
+
+    Anything else under ``chunks/`` (a misplaced or oddly named file, a
+    symlink, a directory) is a stray: not counted, never a chunk, and
+    removed by ``cachefs verify --repair`` and ``clear``.
+    """
+    for shard, name, st in chunk_entries(chunks):
+        if is_chunk_name(shard, name) and stat.S_ISREG(st.st_mode):
+            yield DiskEntry(name, st.st_size, st.st_mtime)
 
 
 def write_new(dfd: int, name: str, header: bytes, payload: memoryview) -> None:

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 from cachefs.chunks import ChunkKey, parse_flag  # parse_flag: re-export
 from cachefs.policy import EvictionPolicy
-from cachefs.tiers import layout
 from cachefs.tiers.base import TierStats
 from cachefs.tiers.chunkfiles import is_chunk_name, open_shard, scan_chunks, write_new
 from cachefs.tiers.dirs import (
@@ -524,17 +523,8 @@ class DiskTier:
         """Replace the lock, which another thread may have held at fork."""
         self._lock = threading.Lock()
 
-    # -- the layout read from outside (the ``cachefs`` command) --------------
-    # They only read, so they take a directory, not a tier: see
-    # :mod:`cachefs.tiers.layout`.
-
-    inspect_root = staticmethod(layout.inspect_root)
-    layout_strays = staticmethod(layout.layout_strays)
-    chunk_listing = staticmethod(layout.chunk_listing)
-    usage_counter = staticmethod(layout.usage_counter)
-    tmp_count = staticmethod(layout.tmp_count)
-    check_chunk_file = staticmethod(layout.check_chunk_file)
-    remove_stray = staticmethod(layout.remove_stray)
+    # The layout read from outside (the ``cachefs`` command, which changes
+    # nothing but on request) is :mod:`cachefs.tiers.layout`.
 
     def remove_path(self, path: Path) -> int:
         """Delete the file ``path`` below ``chunks/``, damaged or stray.

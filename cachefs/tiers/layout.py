@@ -4,8 +4,7 @@ These only read, so they take a directory rather than a tier: building a
 :class:`~cachefs.tiers.disk.DiskTier` creates missing directories and cleans
 ``tmp/``, while ``cachefs stats``/``ls``/``verify`` change nothing (only
 :func:`remove_stray` removes, and only when asked to repair). Each returns
-plain data; nothing follows a symlink. ``DiskTier`` offers each of them as a
-static method of the same name.
+plain data; nothing follows a symlink.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from cachefs.tiers.chunkfiles import is_chunk_name
+from cachefs.tiers.chunkfiles import chunk_entries, is_chunk_name
 from cachefs.tiers.dirs import NOFOLLOW, check_dir, open_dir, remove_below
 from cachefs.tiers.record import CHUNK_HEADER, RecordCodec
+from cachefs.tiers.usage import UsageCounter
 
 __all__ = [
     "check_chunk_file",
@@ -101,28 +101,9 @@ def chunk_listing(root: Path) -> Iterator[tuple[Path, int, float, bool]]:
     whether the budget counts it (a chunk-named regular file).
     """
     chunks = root / "chunks"
-    try:
-        cfd = open_dir(chunks)
-    except OSError:
-        return
-    try:
-        for shard in sorted(os.listdir(cfd)):
-            try:
-                dfd = open_dir(shard, dir_fd=cfd)
-            except OSError:
-                continue  # not a directory: see layout_strays()
-            try:
-                for name in sorted(os.listdir(dfd)):
-                    try:
-                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # removed meanwhile
-                    counted = is_chunk_name(shard, name) and stat.S_ISREG(st.st_mode)
-                    yield chunks / shard / name, st.st_size, st.st_mtime, counted
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(cfd)
+    for shard, name, st in chunk_entries(chunks, ordered=True):
+        counted = is_chunk_name(shard, name) and stat.S_ISREG(st.st_mode)
+        yield chunks / shard / name, st.st_size, st.st_mtime, counted
 
 
 def usage_counter(root: Path) -> int | None:
@@ -132,10 +113,9 @@ def usage_counter(root: Path) -> int | None:
     except OSError:
         return None
     try:
-        raw = os.pread(fd, 8, 0)
+        return UsageCounter.read_raw(fd)
     finally:
         os.close(fd)
-    return int.from_bytes(raw, "little") if len(raw) == 8 else None
 
 
 def tmp_count(root: Path) -> int:
