@@ -74,7 +74,13 @@ def _shared_tier(
     root = str(fs._strip_protocol(where.root)).rstrip("/")
     if not root:
         raise ValueError(f"shared={where.spec!r} names no directory or prefix")
-    return SharedTier(fs, root, config.compression, lease_time=config.shared_lease)
+    return SharedTier(
+        fs,
+        root,
+        config.compression,
+        lease_time=config.shared_lease,
+        timeout=config.request_timeout,  # a slow shared tier costs one timeout
+    )
 
 
 def build_router(

@@ -15,18 +15,27 @@ own atomic primitive, so that no service of cachefs's runs anywhere:
 - any other engine: no leases.
 
 A lease names its holder and the time it expires (``lease_time`` seconds
-after it was taken); an expired lease (its holder died or hung) may be
-taken over. The holder fetches the chunk, publishes it to the shared tier
-and then removes the lease; the others poll the shared tier for the chunk
-with backoff, for at most about ``lease_time``, then fetch it themselves.
-A lease is a hint for efficiency, never for correctness: a lost or doubled
-lease costs an extra origin fetch, never wrong bytes (records are verified).
+after it was written). The holder *renews* it every third of the lease time
+while it fetches and publishes (for at most :data:`RENEW_LEASES` lease
+times), so a slow origin does not get the chunk fetched twice; a lease left
+unrenewed (its holder died or hung) expires and may be taken over. The
+holder then removes the lease; the others poll the shared tier for the
+chunk with backoff while the lease lives, then fetch it themselves.
+
+A lease that cannot be *written* (a read-only or full shared directory, an
+engine that times out) is a fault of the shared tier, not a lease held by
+another node: the chunk is fetched from the origin at once, the fault is
+counted (``lease_failures``) and logged once, and leases are skipped for
+the breaker's skip time. A lease is a hint for efficiency, never for
+correctness: a lost or doubled lease costs an extra origin fetch, never
+wrong bytes (records are verified).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -37,12 +46,25 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-__all__ = ["LeaseRecord", "Leases", "call_fs", "lease_kind"]
+from cachefs.tiers.breaker import Breaker, Skipped
+from cachefs.tiers.sharedfiles import (
+    NotARecord,
+    link_new,
+    read_regular,
+    remove_damage,
+    replace,
+)
+
+__all__ = ["RENEW_LEASES", "Claim", "LeaseRecord", "Leases", "call_fs", "lease_kind"]
 
 log = logging.getLogger(__name__)
 
 _LINKING = frozenset({"file", "local"})
 _CONDITIONAL = frozenset({"s3", "s3a"})
+
+#: A holder renews a lease for at most this many lease times, then lets it
+#: expire: a fetch that never ends cannot hold the others back for good.
+RENEW_LEASES = 10
 
 
 async def call_fs(
@@ -66,6 +88,17 @@ def lease_kind(protocol: str) -> str | None:
     if protocol in _CONDITIONAL:
         return "conditional-put"
     return None
+
+
+class Claim(enum.Enum):
+    """What trying to take a lease came to."""
+
+    #: This process holds the lease: it fetches the chunk.
+    TAKEN = "taken"
+    #: Another node holds a live lease: wait for the chunk.
+    HELD = "held"
+    #: The lease could not be written or read (a fault): fetch at once.
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +138,11 @@ class Leases:
     owner
         This process's name in the leases it takes (host and pid).
     stats
-        Where to count: its ``leases``, ``lease_takeovers`` and ``errors``
-        attributes (:class:`cachefs.tiers.shared.SharedStats`).
+        Where to count: its ``leases``, ``lease_takeovers``,
+        ``lease_renewals``, ``lease_failures`` and ``errors`` attributes
+        (:class:`cachefs.tiers.shared.SharedStats`).
+    breaker
+        The shared tier's breaker: every call to the engine runs under it.
     """
 
     def __init__(
@@ -117,6 +153,7 @@ class Leases:
         lease_time: float,
         owner: str,
         stats: Any,
+        breaker: Breaker,
     ) -> None:
         self.fs = fs
         self.root = root
@@ -126,7 +163,13 @@ class Leases:
         #: Whether the engine honours the atomic create (None: not probed yet).
         self.supported: bool | None = True if self.kind == "link" else None
         self.stats = stats
-        self._held: set[str] = set()
+        self.breaker = breaker
+        #: Monotonic time until which leases are not tried (after a fault).
+        self.paused_until = 0.0
+        self._warned = False
+        self._held: dict[str, float] = {}  # digest -> monotonic time taken
+        self._renewer: asyncio.Task[None] | None = None
+        self._round: asyncio.Future[Any] | None = None
         self._pid = os.getpid()
 
     def path_for(self, digest: str) -> str:
@@ -139,11 +182,18 @@ class Leases:
         return digest in self._held
 
     async def usable(self) -> bool:
-        """Whether leases work on this engine (probing it the first time)."""
-        if self.kind is None:
+        """Whether leases work on this engine now (probing it the first time).
+
+        ``False`` while leases are paused after a fault or the tier is
+        skipped; a probe cut short by the breaker is tried again later.
+        """
+        if self.kind is None or time.monotonic() < self.paused_until:
             return False
         if self.supported is None:
-            self.supported = await self._probe()
+            try:
+                self.supported = await self._probe()
+            except (Skipped, TimeoutError):
+                return False  # no verdict: the engine did not answer
             if not self.supported:
                 log.warning(
                     "cachefs: the shared tier at %s ignores or rejects conditional "
@@ -153,86 +203,166 @@ class Leases:
                 )
         return self.supported
 
-    async def take(self, digest: str) -> bool:
-        """Try to take the lease of ``digest``; ``True`` when this process holds it.
+    async def take(self, digest: str) -> Claim:
+        """Try to take the lease of ``digest``.
 
-        An existing lease that has expired is taken over. Engine errors are
-        counted and logged; they leave the lease untaken.
+        An existing lease that has expired is taken over. A lease that
+        cannot be written or read is a fault: counted, logged once, leases
+        paused for the breaker's skip time, and :attr:`Claim.FAILED`
+        returned (fetch the chunk at once).
         """
         self._check_fork()
         if digest in self._held:
-            return True
+            return Claim.TAKEN
+        if time.monotonic() < self.paused_until:
+            return Claim.FAILED
         path = self.path_for(digest)
         try:
             for _ in range(2):  # a second try when the lease vanished or expired
                 if await self._create(path):
-                    self._held.add(digest)
-                    self.stats.leases += 1
-                    return True
-                try:
-                    data = await call_fs(self.fs, "cat_file", path)
-                except FileNotFoundError:
+                    self._taken(digest)
+                    return Claim.TAKEN
+                record = await self._read(path)
+                if record is None:
                     continue  # released between our create and our read
-                record = LeaseRecord.decode(data)
-                if record is not None and record.expires > time.time():
-                    return False
+                if record.expires > time.time():
+                    return Claim.HELD
                 # Expired, or not a lease at all: take it over. Two nodes
                 # taking over at once may both win (each removes and creates):
                 # an extra origin fetch, never wrong bytes.
                 with contextlib.suppress(FileNotFoundError):
-                    await call_fs(self.fs, "rm_file", path)
+                    await self._call("rm_file", path)
                 self.stats.lease_takeovers += 1
+        except (Skipped, TimeoutError):
+            return Claim.FAILED  # counted by the breaker, which logs once
         except Exception as exc:
-            self.stats.errors += 1
-            log.warning("cachefs: taking the lease %s failed: %s", path, exc)
-        return False
+            self._fault(path, exc)
+            return Claim.FAILED
+        return Claim.HELD  # raced twice: someone holds it now
 
     async def release(self, digest: str) -> None:
         """Remove the lease of ``digest`` if this process holds it."""
         self._check_fork()
-        if digest not in self._held:
+        if self._held.pop(digest, None) is None:
             return
-        self._held.discard(digest)
+        if self._round is not None:
+            # A renewal writing this lease now must not recreate it after us.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._round)
+        if not self._held and self._renewer is not None:
+            self._renewer.cancel()  # nothing left to renew
+            self._renewer = None
         path = self.path_for(digest)
         try:
-            await call_fs(self.fs, "rm_file", path)
-        except FileNotFoundError:
-            return
+            await self._call("rm_file", path)
+        except (FileNotFoundError, Skipped, TimeoutError):
+            return  # gone, or left to expire
         except Exception as exc:
             self.stats.errors += 1
             log.warning("cachefs: releasing the lease %s failed: %s", path, exc)
+
+    def _taken(self, digest: str) -> None:
+        self._held[digest] = time.monotonic()
+        self.stats.leases += 1
+        if self._warned:
+            self._warned = False
+            log.warning(
+                "cachefs: leases on the shared tier at %s work again", self.root
+            )
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_all())
+
+    def _fault(self, path: str, exc: BaseException) -> None:
+        """Count a lease that could not be written; pause leases; log once."""
+        self.stats.lease_failures += 1
+        self.paused_until = time.monotonic() + self.breaker.skip_time
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "cachefs: cannot write the lease %s (%s): fetching from the origin "
+                "without cross-node single flight for %s s",
+                path,
+                exc,
+                self.breaker.skip_time,
+            )
+
+    async def _renew_all(self) -> None:
+        """Renew every held lease each third of the lease time, while any is."""
+        while self._held:
+            await asyncio.sleep(self.lease_time / 3)
+            limit = time.monotonic() - RENEW_LEASES * self.lease_time
+            due = [d for d, t in self._held.items() if t > limit]
+            if not due:
+                continue  # held too long: left to expire
+            self._round = asyncio.ensure_future(
+                asyncio.gather(*(self._renew(d) for d in due), return_exceptions=True)
+            )
+            try:
+                await self._round
+            finally:
+                self._round = None
+
+    async def _renew(self, digest: str) -> None:
+        """Push the lease's expiry on, if it is still this process's."""
+        path = self.path_for(digest)
+        try:
+            record = await self._read(path)
+            if record is None or record.owner != self.owner or digest not in self._held:
+                return  # released, or taken over: not ours to renew
+            blob = LeaseRecord(self.owner, time.time() + self.lease_time).encode()
+            if self.kind == "link":
+                tag = f"{self.owner}.{secrets.token_hex(4)}"
+                await self._call_thread(replace, path, blob, tag)
+            else:
+                await self._call("pipe_file", path, blob)
+        except Exception as exc:  # the lease may expire: an extra fetch at worst
+            log.debug("cachefs: renewing the lease %s failed: %s", path, exc)
+            return
+        self.stats.lease_renewals += 1
+
+    async def _read(self, path: str) -> LeaseRecord | None:
+        """Return the lease at ``path``; ``None`` if none; a stand-in if garbled."""
+        try:
+            if self.kind == "link":
+                data = await self._call_thread(read_regular, path)
+            else:
+                data = await self._call("cat_file", path)
+        except FileNotFoundError:
+            return None
+        except NotARecord:
+            await self._call_thread(remove_damage, path)
+            return None
+        # Not a lease at all: treated as expired (taken over).
+        return LeaseRecord.decode(data) or LeaseRecord("", 0.0)
 
     async def _create(self, path: str) -> bool:
         """Create the lease at ``path`` unless one exists; ``True`` if created."""
         blob = LeaseRecord(self.owner, time.time() + self.lease_time).encode()
         if self.kind == "link":
-            return await asyncio.to_thread(self._link, path, blob)
+            result: bool = await self._call_thread(link_new, path, blob, self.owner)
+            return result
         try:
-            await call_fs(self.fs, "pipe_file", path, blob, mode="create")
+            await self._call("pipe_file", path, blob, mode="create")
         except FileExistsError:
             return False
         return True
 
-    def _link(self, path: str, blob: bytes) -> bool:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{self.owner}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, blob)
-        finally:
-            os.close(fd)
-        try:
-            # link() publishes the complete record atomically, or fails.
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        return True
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.breaker.call(
+            lambda: call_fs(self.fs, method, *args, **kwargs)
+        )
+
+    async def _call_thread(self, func: Any, *args: Any) -> Any:
+        return await self.breaker.call(lambda: asyncio.to_thread(func, *args))
 
     async def _probe(self) -> bool:
-        """Check that a second conditional create of one name is refused."""
+        """Check that a second conditional create of one name is refused.
+
+        Raises
+        ------
+        Skipped, TimeoutError
+            The engine did not answer (no verdict).
+        """
         path = f"{self.root}/leases/probe.{self.owner}.{secrets.token_hex(4)}"
         try:
             if not await self._create(path):
@@ -241,7 +371,9 @@ class Leases:
                 return not await self._create(path)
             finally:
                 with contextlib.suppress(Exception):
-                    await call_fs(self.fs, "rm_file", path)
+                    await self._call("rm_file", path)
+        except (Skipped, TimeoutError):
+            raise
         except Exception as exc:
             log.debug("cachefs: conditional-write probe of %s failed: %s", path, exc)
             return False
@@ -249,5 +381,7 @@ class Leases:
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:
             # A forked child holds none of its parent's leases.
-            self._held = set()
+            self._held = {}
+            self._renewer = None
+            self._round = None
             self._pid = os.getpid()
