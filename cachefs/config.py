@@ -201,7 +201,7 @@ class CacheConfig:
         disk_limit: int | str = "32GiB",
         chunk_size: int | str = "4MiB",
         metadata_ttl: float | str | None = 60.0,
-        policy: str | EvictionPolicy = "lru",
+        policy: str | EvictionPolicy = "adaptive",
         max_requests: int | str = 16,
         max_inflight: int | str = "256MiB",
         max_coalesce: int | str = "16MiB",

@@ -174,7 +174,7 @@ class CacheFileSystem(
         disk_limit: int | str = "32GiB",
         chunk_size: int | str = "4MiB",
         metadata_ttl: float | None = 60.0,
-        policy: str | EvictionPolicy = "lru",
+        policy: str | EvictionPolicy = "adaptive",
         max_requests: int = 16,
         max_inflight: int | str = "256MiB",
         max_coalesce: int | str = "16MiB",

@@ -12,12 +12,15 @@ registered with :func:`register_policy`; ``policy="<name>"`` then selects them.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "DEFAULT_POLICY",
+    "AdaptivePolicy",
     "DiskEntry",
     "EpochPolicy",
     "EvictionPolicy",
@@ -191,3 +194,134 @@ class EpochPolicy(EvictionPolicy):
         set stays.
         """
         return sorted(entries, key=lambda e: e.last_access, reverse=True)
+
+
+@register_policy
+class AdaptivePolicy(LRUPolicy):
+    """Scan-resistant, recency-keeping: the default (``policy="adaptive"``).
+
+    The disk tier ranks its scanned entries in three groups, victims first:
+
+    1. *expired*: idle longer than ``horizon`` times the median reuse
+       interval this policy has seen (and at least ``min_expiry`` seconds),
+       oldest first. A working set that moved
+       on leaves through here, as under LRU.
+    2. *unproven*: not re-read since they entered, newest first. On cyclic
+       epochs over a data set larger than the tier, this keeps the set the
+       tier already holds (as :class:`EpochPolicy` does) instead of evicting
+       each chunk just before its next read (as LRU does), so hit rates reach
+       the bound ``tier size / data set``.
+    3. *proven*: re-read since they entered, least recently used first.
+
+    Until a first reuse has been seen there is no horizon, so nothing
+    expires: a first epoch keeps what it cached first.
+
+    The state is derived from what every scan sees, the chunk files' mtimes
+    (which readers refresh, in any process): an entry whose mtime moved
+    between two scans was re-read, and the move is one reuse interval.
+    Each process rebuilds it from its own scans, so processes sharing a
+    directory need no shared policy file; the cost is one small record per
+    chunk file held in the memory of each process that evicts.
+
+    The RAM tier, per process and small, is LRU.
+    """
+
+    name = "adaptive"
+
+    #: Expire an entry idle longer than this many median reuse intervals.
+    horizon: ClassVar[float] = 3.0
+    #: Reuse intervals kept for the median (the latest ones).
+    samples: ClassVar[int] = 256
+    #: Reuses needed before anything expires.
+    min_samples: ClassVar[int] = 16
+    #: Nothing expires sooner (seconds): a reader refreshes a chunk's mtime
+    #: only every few seconds, so shorter idle times are not measured.
+    min_expiry: ClassVar[float] = 30.0
+    #: The fraction of its budget a disk tier evicts down to (its watermark).
+    watermark: ClassVar[float] = 0.95
+
+    def __init__(self) -> None:
+        super().__init__()
+        # name -> (mtime at the last scan, re-read since it entered)
+        self._seen: dict[str, tuple[float, bool]] = {}
+        self._reuse: deque[float] = deque(maxlen=self.samples)
+        self._limit: int | None = None
+
+    def admit(self, size: int, usage: int, limit: int) -> bool:
+        """Admit what fits the budget; note the budget for :meth:`rank`."""
+        self._limit = limit
+        return size <= limit
+
+    def expiry(self) -> float | None:
+        """Return the idle time (seconds) past which an entry expires.
+
+        ``None`` until :attr:`min_samples` reuse intervals have been seen.
+        """
+        if len(self._reuse) < self.min_samples:
+            return None
+        ordered = sorted(self._reuse)
+        return max(self.horizon * ordered[len(ordered) // 2], self.min_expiry)
+
+    def rank(
+        self, entries: Sequence[DiskEntry], now: float | None = None
+    ) -> list[DiskEntry]:
+        """Order ``entries`` victims-first: expired, unproven, proven.
+
+        Parameters
+        ----------
+        entries
+            The tier's chunk files as one scan saw them.
+        now
+            The time the scan ran (seconds since the epoch); the current
+            time by default.
+        """
+        now = time.time() if now is None else now
+        seen: dict[str, tuple[float, bool]] = {}
+        for entry in entries:
+            before = self._seen.get(entry.name)
+            proven = False
+            if before is not None:
+                last, proven = before
+                if entry.last_access > last:
+                    self._reuse.append(entry.last_access - last)
+                    proven = True
+            seen[entry.name] = (entry.last_access, proven)
+        # Entries gone from the scan (evicted, invalidated) are forgotten.
+        self._seen = seen
+        limit = self.expiry()
+        expired: list[DiskEntry] = []
+        unproven: list[DiskEntry] = []
+        proven_: list[DiskEntry] = []
+        for entry in entries:
+            if limit is not None and now - entry.last_access > limit:
+                expired.append(entry)
+            elif seen[entry.name][1]:
+                proven_.append(entry)
+            else:
+                unproven.append(entry)
+        expired.sort(key=lambda e: e.last_access)
+        unproven.sort(key=lambda e: e.last_access, reverse=True)
+        proven_.sort(key=lambda e: e.last_access)
+        order = expired + unproven + proven_
+        self._forget_victims(order)
+        return order
+
+    def _forget_victims(self, order: list[DiskEntry]) -> None:
+        """Forget the entries the tier is about to evict.
+
+        A chunk fetched again after its eviction is a new file with a new
+        mtime; remembered, it would pass for a re-read (proven) one. The tier
+        evicts the front of ``order`` down to its watermark.
+        """
+        if self._limit is None:
+            return
+        excess = sum(e.size for e in order) - int(self._limit * self.watermark)
+        for entry in order:
+            if excess <= 0:
+                break
+            self._seen.pop(entry.name, None)
+            excess -= entry.size
+
+
+#: The policy a cache uses unless told otherwise.
+DEFAULT_POLICY = AdaptivePolicy.name
