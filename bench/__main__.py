@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import (
     cluster,
+    cold_fill,
     cold_shards,
     compression,
     consumer_wait,
@@ -62,6 +63,7 @@ SCENARIOS: dict[str, Scenario] = {
     "user_hot_ram": user_reads.run_hot_ram,
     "user_random_fresh": user_reads.run_random_fresh,
     "user_small_reads": user_reads.run_small_reads,
+    "cold_fill": cold_fill.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -240,3 +240,42 @@ def test_user_path_scenarios_tiny_run(
     small = json.loads((tmp_path / "user_small_reads.json").read_text())
     policies = {r["system"] for r in small["rows"]}
     assert {"cachefs policy=lru", "cachefs policy=epoch"} <= policies
+
+
+def test_cold_fill_tiny_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "cold_fill" in SCENARIOS
+    # The S3 part and the DataLoader epoch start many more processes: this
+    # test runs the HTTP references and the cachefs fill paths only.
+    monkeypatch.setenv("CACHEFS_BENCH_FILL_S3", "0")
+    monkeypatch.setenv("CACHEFS_BENCH_FILL_ONLY", "zero-copy,cachefs,!ShardDataset")
+    monkeypatch.setenv("CACHEFS_BENCH_DISK", str(tmp_path))
+    argv = ["cold_fill", "--quick", "--size", "1MiB", "--reps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "## cold_fill (quick)" in capsys.readouterr().out
+
+    doc = json.loads((tmp_path / "out" / "cold_fill.json").read_text())
+    rows = doc["rows"]
+    measured = {
+        "zero-copy receive (BufferedProtocol)",
+        "zero-copy receive + write/chunk",
+        "cachefs, fsspec.open per file",
+        "cachefs, fs.prefetch",
+        "cachefs warm (disk), fsspec.open per file",
+    }
+    for label, unit in (("1 nginx: MB/s", "MB/s"), ("1 nginx: CPU s/GiB", "CPU s/GiB")):
+        by = {r["system"]: r for r in rows if r["row"] == label}
+        assert measured <= set(by), label
+        for system in measured:
+            row = by[system]
+            assert row["unit"] == unit
+            assert _number(row["value"]) and row["value"] > 0, row
+            assert row["reference"] == "zero-copy receive + write/chunk", row
+            assert row["detail"]["dataset_bytes"] >= 15 * 2**20
+            assert row["detail"]["cache_filesystem"] != "unknown"
+        for system in ("cachefs, fsspec.open per file", "cachefs, fs.prefetch"):
+            assert by[system]["target"] is not None
+            assert isinstance(by[system]["met"], bool)
+    # Every scratch and cache directory is removed afterwards.
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

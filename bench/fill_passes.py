@@ -1,0 +1,364 @@
+"""Child processes of ``cold_fill``: one system, one cold pass, its own CPU.
+
+``python -m bench.fill_passes SPEC`` imports what the system needs, then
+times one pass and prints one JSON line: ``seconds``, ``bytes`` landed and
+``cpu_s``, the user + system seconds of this process (every thread) plus
+those of its reaped children (DataLoader workers) between the start and the
+end of the pass, from :func:`resource.getrusage`. Start-up and imports are
+outside the pass, for every system alike; the parent also records the whole
+process's CPU from ``os.wait4``.
+
+A cachefs pass ends when every fetched chunk is stored on disk
+(``wait_idle``), so its disk writes count, as the references' ``os.pwrite``
+calls do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["PASSES", "main"]
+
+MiB = 2**20
+CHUNK = 4 * MiB
+INFLIGHT = 16
+WORKERS = 2
+BATCH = 32
+
+Spec = dict[str, Any]
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _ranges(spec: Spec) -> list[tuple[str, int, int]]:
+    """``(url, start, stop)`` of every 4 MiB range of every file."""
+    return [
+        (url, start, min(start + CHUNK, size))
+        for url, size in zip(spec["urls"], spec["sizes"], strict=True)
+        for start in range(0, size, CHUNK)
+    ]
+
+
+def _out_name(spec: Spec, url: str) -> str:
+    return os.path.join(
+        spec["out_dir"], urlsplit(url).path.strip("/").replace("/", "_")
+    )
+
+
+# -- HTTP references ------------------------------------------------------------
+
+
+def _zero_copy(spec: Spec) -> Callable[[], dict[str, Any]]:
+    from bench.zero_copy import fetch_ranges
+
+    first = urlsplit(spec["urls"][0])
+    host, port = first.hostname or "127.0.0.1", int(first.port or 80)
+    ranges = [(urlsplit(u).path, a, b) for u, a, b in _ranges(spec)]
+    write_to = None
+    if spec.get("write"):
+
+        def write_to(path: str) -> str:
+            return os.path.join(spec["out_dir"], path.strip("/").replace("/", "_"))
+
+    def run() -> dict[str, Any]:
+        return asyncio.run(
+            fetch_ranges(host, port, ranges, connections=INFLIGHT, write_to=write_to)
+        )
+
+    return run
+
+
+def _aiohttp(spec: Spec) -> Callable[[], dict[str, Any]]:
+    import aiohttp
+
+    ranges = _ranges(spec)
+    write = bool(spec.get("write"))
+
+    async def fetch_all() -> dict[str, Any]:
+        limit = asyncio.Semaphore(INFLIGHT)
+        fds = {}
+        if write:
+            fds = {
+                u: os.open(_out_name(spec, u), os.O_WRONLY | os.O_CREAT, 0o600)
+                for u in spec["urls"]
+            }
+        connector = aiohttp.TCPConnector(limit=INFLIGHT)
+        total = 0
+
+        async def get(url: str, start: int, stop: int) -> None:
+            nonlocal total
+            headers = {"Range": f"bytes={start}-{stop - 1}"}
+            async with limit, session.get(url, headers=headers) as resp:
+                if resp.status != 206:
+                    raise OSError(f"{url}: status {resp.status}")
+                if not write:
+                    # Not ``total += len(await ...)``: that reads ``total``
+                    # before the await and loses concurrent updates.
+                    n = len(await resp.read())
+                    total += n
+                    return
+                # The stream's pieces are copied into one chunk buffer,
+                # then written once.
+                buf = bytearray(stop - start)
+                pos = 0
+                async for piece in resp.content.iter_any():
+                    buf[pos : pos + len(piece)] = piece
+                    pos += len(piece)
+                os.pwrite(fds[url], memoryview(buf)[:pos], start)
+                total += pos
+
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                await asyncio.gather(*(get(*r) for r in ranges))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return {"bytes": total}
+
+    return lambda: asyncio.run(fetch_all())
+
+
+def _obstore_store(spec: Spec) -> tuple[Any, list[tuple[str, int, int]]]:
+    from obstore.store import HTTPStore, S3Store
+
+    if spec.get("s3"):
+        s3 = spec["s3"]
+        store: Any = S3Store(
+            s3["bucket"],
+            endpoint=s3["endpoint"],
+            access_key_id=s3["key"],
+            secret_access_key=s3["secret"],
+            region=s3["region"],
+            virtual_hosted_style_request=False,
+            client_options={"allow_http": True},
+        )
+        ranges = [(u.split("/", 3)[3], a, b) for u, a, b in _ranges(spec)]
+        return store, ranges
+    first = urlsplit(spec["urls"][0])
+    store = HTTPStore.from_url(
+        f"{first.scheme}://{first.netloc}", client_options={"allow_http": True}
+    )
+    return store, [(urlsplit(u).path.lstrip("/"), a, b) for u, a, b in _ranges(spec)]
+
+
+def _obstore(spec: Spec) -> Callable[[], dict[str, Any]]:
+    import obstore
+
+    store, ranges = _obstore_store(spec)
+    write = bool(spec.get("write"))
+
+    async def fetch_all() -> dict[str, Any]:
+        limit = asyncio.Semaphore(INFLIGHT)
+        fds = {}
+        if write:
+            fds = {
+                p: os.open(_out_name(spec, "/" + p), os.O_WRONLY | os.O_CREAT, 0o600)
+                for p, _, _ in ranges
+            }
+        total = 0
+
+        async def get(path: str, start: int, stop: int) -> None:
+            nonlocal total
+            async with limit:
+                data = await obstore.get_range_async(store, path, start=start, end=stop)
+            view = memoryview(data)
+            if len(view) != stop - start:
+                raise OSError(f"{path}: {len(view)} bytes, asked {stop - start}")
+            if write:
+                os.pwrite(fds[path], view, start)
+            total += len(view)
+
+        try:
+            await asyncio.gather(*(get(*r) for r in ranges))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return {"bytes": total}
+
+    return lambda: asyncio.run(fetch_all())
+
+
+# -- fsspec and cachefs ---------------------------------------------------------
+
+
+def _readinto_all(f: Any, buf: bytearray) -> int:
+    total = 0
+    readinto = f.readinto
+    while n := readinto(buf):
+        total += n
+    return total
+
+
+def _chained(spec: Spec) -> tuple[str, dict[str, Any]]:
+    """The target protocol and its options (plain http, or S3 behind the proxy)."""
+    if spec.get("s3"):
+        s3 = spec["s3"]
+        opts = {"endpoint_url": s3["endpoint"], "key": s3["key"]}
+        return "s3", {**opts, "secret": s3["secret"], "skip_instance_cache": True}
+    return "http", {}
+
+
+def _fsspec_open(spec: Spec) -> Callable[[], dict[str, Any]]:
+    import fsspec
+
+    import cachefs  # noqa: F401
+
+    fsspec.get_filesystem_class("cachefs")
+    kind = spec["system"]
+    protocol, target = _chained(spec)
+    options = spec.get("options", {})
+
+    def run() -> dict[str, Any]:
+        buf = bytearray(CHUNK)
+        total = 0
+        last = None
+        for url in spec["urls"]:
+            if kind == "cachefs":
+                last = fsspec.open(
+                    f"cachefs::{url}",
+                    "rb",
+                    cachefs={"cache_dir": spec["cache_dir"], **options},
+                    **({protocol: target} if target else {}),
+                )
+            else:
+                last = fsspec.open(
+                    f"simplecache::{url}",
+                    "rb",
+                    simplecache={"cache_storage": spec["cache_dir"]},
+                    **({protocol: target} if target else {}),
+                )
+            with last as f:
+                total += _readinto_all(f, buf)
+        if last is not None and hasattr(last.fs, "wait_idle"):
+            last.fs.wait_idle(300)
+        return {"bytes": total}
+
+    return run
+
+
+def _cachefs_fs(spec: Spec) -> Any:
+    from cachefs import CacheFileSystem
+
+    protocol, target = _chained(spec)
+    return CacheFileSystem(
+        target_protocol=protocol,
+        target_options=target,
+        cache_dir=spec["cache_dir"],
+        **spec.get("options", {}),
+    )
+
+
+def _prefetch(spec: Spec) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        fs = _cachefs_fs(spec)
+        handle = fs.prefetch(spec["urls"])
+        buf = bytearray(CHUNK)
+        total = 0
+        for url in spec["urls"]:
+            with fs.open(url, "rb") as f:
+                total += _readinto_all(f, buf)
+        handle.wait(300)
+        fs.wait_idle(300)
+        return {"bytes": total, "prefetch_failed": len(handle.failed)}
+
+    return run
+
+
+def _sample(sample: dict[str, Any]) -> tuple[int, int]:
+    return int(sample["__key__"]), len(sample["bin"])
+
+
+def _collate(batch: list[tuple[int, int]]) -> tuple[int, int]:
+    return len(batch), sum(n for _, n in batch)
+
+
+def _shard_loader(spec: Spec) -> Callable[[], dict[str, Any]]:
+    import torch.utils.data as tud
+
+    def run() -> dict[str, Any]:
+        from cachefs.data.dataset import ShardDataset
+
+        fs = _cachefs_fs(spec)
+        ds = ShardDataset(
+            spec["urls"], fs, decode=_sample, sample_counts=spec["counts"], seed=0
+        )
+        ds.set_epoch(0)
+        loader = tud.DataLoader(
+            ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=_collate
+        )
+        samples = payload = 0
+        for n, nbytes in loader:
+            samples += n
+            payload += nbytes
+        # The workers filled the disk tier; what they wrote is stored when
+        # they exit (DataLoader joins them at the end of the epoch).
+        return {"bytes": sum(spec["sizes"]), "samples": samples, "payload": payload}
+
+    return run
+
+
+def _s3torch(spec: Spec) -> Callable[[], dict[str, Any]]:
+    from s3torchconnector import S3ClientConfig, S3IterableDataset
+
+    s3 = spec["s3"]
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=s3["key"],
+        AWS_SECRET_ACCESS_KEY=s3["secret"],
+        AWS_DEFAULT_REGION=s3["region"],
+    )
+
+    def run() -> dict[str, Any]:
+        ds = S3IterableDataset.from_objects(
+            list(spec["urls"]),
+            region=s3["region"],
+            endpoint=s3["endpoint"],
+            s3client_config=S3ClientConfig(force_path_style=True),
+        )
+        buf = bytearray(CHUNK)
+        total = 0
+        for reader in ds:
+            total += _readinto_all(reader, buf)
+        return {"bytes": total}
+
+    return run
+
+
+PASSES: dict[str, Callable[[Spec], Callable[[], dict[str, Any]]]] = {
+    "zero_copy": _zero_copy,
+    "aiohttp": _aiohttp,
+    "obstore": _obstore,
+    "fsspec_open": _fsspec_open,
+    "prefetch": _prefetch,
+    "shard_loader": _shard_loader,
+    "s3torch": _s3torch,
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run one pass (see the module docstring); print its JSON line."""
+    if len(argv) != 1:
+        print("usage: python -m bench.fill_passes SPEC_JSON", file=sys.stderr)
+        return 2
+    spec = json.loads(argv[0])
+    run = PASSES[spec["kind"]](spec)
+    c0, t0 = _cpu(), time.perf_counter()
+    result = run()
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    print(json.dumps({**result, "seconds": seconds, "cpu_s": cpu}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
