@@ -19,6 +19,7 @@ __all__ = [
     "StaleVersionError",
     "classify",
     "is_absent",
+    "status_class",
 ]
 
 
@@ -86,12 +87,17 @@ _TYPES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
 )
 
 
+def status_class(status: int) -> ErrorClass:
+    """Return how an HTTP error status is surfaced and retried."""
+    if status in _STATUS:
+        return _STATUS[status]
+    return _SERVER_ERROR if status >= 500 else _CLIENT_ERROR
+
+
 def classify(exc: BaseException) -> ErrorClass:
     """Return how the origin failure ``exc`` is surfaced and retried."""
     if isinstance(exc, aiohttp.ClientResponseError):
-        if exc.status in _STATUS:
-            return _STATUS[exc.status]
-        return _SERVER_ERROR if exc.status >= 500 else _CLIENT_ERROR
+        return status_class(exc.status)
     for kind, outcome in _TYPES:
         if isinstance(exc, kind):
             return outcome

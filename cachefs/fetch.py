@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -21,7 +21,6 @@ from fsspec.spec import AbstractFileSystem
 
 from cachefs.bridge import call
 from cachefs.buffers import read_into_buffer
-from cachefs.chunks import version_token
 from cachefs.config import FetchConfig
 from cachefs.errors import (
     OriginResponseError,
@@ -29,12 +28,15 @@ from cachefs.errors import (
     StaleVersionError,
     classify,
 )
+from cachefs.receive.pool import ConnectionPool
+from cachefs.receive.ranged import Unsupported, stream_range
+from cachefs.receive.read import RangeRead, check_content_range, total_of
+from cachefs.receive.targets import http_get
 
 __all__ = ["FetchStats", "Fetcher", "RangeRead"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(slots=True)
@@ -53,6 +55,11 @@ class FetchStats:
         Reads that failed for good.
     metadata_requests
         ``info``/``ls`` calls made to the origin.
+    direct
+        Data requests whose body the direct receive client landed in chunk
+        buffers (:mod:`cachefs.receive`); the rest went through the target.
+    connections
+        Connections the direct client opened (keep-alive reuses them).
     """
 
     requests: int = 0
@@ -60,6 +67,8 @@ class FetchStats:
     retries: int = 0
     errors: int = 0
     metadata_requests: int = 0
+    direct: int = 0
+    connections: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
@@ -85,75 +94,6 @@ class _ByteBudget:
         async with self._cond:
             self.used -= n
             self._cond.notify_all()
-
-
-@dataclass(slots=True)
-class RangeRead:
-    """One ranged read in progress: where it is, and what it has learned.
-
-    A retry resumes at :attr:`pos`. Once the file's size and version are
-    known (given, or learned from the first response), every response must
-    agree with them: a file that changed size or ETag under the read is a
-    :class:`StaleVersionError`, never a read that ends early or mixes bytes.
-    """
-
-    path: str
-    pos: int
-    stop: int
-    piece: int
-    on_piece: Callable[[int, bytes | memoryview], None]
-    token: str | None = None
-    on_info: Callable[[dict[str, Any]], None] | None = None
-    size: int | None = None
-    learned: bool = False
-
-    def seen(self, info: dict[str, Any]) -> None:
-        """Check a response's info against the version; note it the first time."""
-        _check_version(self.path, info, self.token)
-        size = int(info["size"])
-        if self.size is not None and size != self.size:
-            raise StaleVersionError(
-                f"{self.path} changed at the origin: it now has {size} bytes, "
-                f"the version being read has {self.size}; reopen it to read "
-                "the new version"
-            )
-        if not self.learned:
-            self.learned = True
-            self.size = size
-            self.token = self.token or version_token(info)
-            if self.on_info is not None:
-                self.on_info(info)
-
-    def what(self) -> str:
-        """Name the read in messages: URL and byte range."""
-        return f"{self.path} bytes {self.pos}-{self.stop - 1}"
-
-    def end(self) -> int:
-        """Return where the read stops (the range's end, clipped to the file)."""
-        return self.stop if self.size is None else min(self.stop, self.size)
-
-    def etag(self) -> str | None:
-        """Return the ETag the read must match, if its version has one."""
-        token = self.token
-        return token[5:] if token and token.startswith("ETag:") else None
-
-    def next_part(self, hi: int) -> int:
-        """Return the length of the next ``piece``-aligned part before ``hi``."""
-        return min(self.piece - self.pos % self.piece, hi - self.pos)
-
-    def deliver(self, data: bytes | memoryview) -> None:
-        """Hand the part at :attr:`pos` to the reader and move past it."""
-        self.on_piece(self.pos, data)
-        self.pos += len(data)
-
-    def deliver_all(self, whole: memoryview, base: int, hi: int) -> None:
-        """Deliver ``[pos, hi)`` from ``whole`` (file bytes from ``base``).
-
-        Parts are ``piece``-aligned slices of ``whole``: no copy.
-        """
-        while self.pos < hi:
-            n = self.next_part(hi)
-            self.deliver(whole[self.pos - base : self.pos - base + n])
 
 
 class Fetcher:
@@ -195,6 +135,7 @@ class Fetcher:
         self.stats = FetchStats()
         self._limits: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, _ByteBudget]
         self._limits_loop: asyncio.AbstractEventLoop | None = None
+        self._pools: dict[asyncio.AbstractEventLoop, ConnectionPool] = {}
 
     def _caps(self) -> tuple[asyncio.Semaphore, _ByteBudget]:
         # asyncio primitives belong to one loop; a forked child has a new one.
@@ -207,6 +148,28 @@ class Fetcher:
             )
             self._limits_loop = loop
         return self._limits[1], self._limits[2]
+
+    def pool(self) -> ConnectionPool:
+        """Return the running loop's pool of origin connections."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None or pool.closed:
+            pool = self._pools[loop] = ConnectionPool(
+                self.max_requests, on_open=self._opened
+            )
+            # A fetcher dropped with connections idle closes them on its loop.
+            weakref.finalize(self, _close_soon, loop, pool)
+        return pool
+
+    def close_connections(self) -> None:
+        """Close the running loop's idle and busy origin connections.
+
+        Reads in flight on them fail (and are retried); later reads open
+        new connections.
+        """
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            pool.close()
 
     @classmethod
     def from_config(cls, target: AbstractFileSystem, config: FetchConfig) -> Fetcher:
@@ -394,7 +357,7 @@ class Fetcher:
         try:
             length = int(response["ContentLength"])
             if response.get("ContentRange"):
-                size = _check_content_range(read, response["ContentRange"], length)
+                size = check_content_range(read, response["ContentRange"], length)
             else:  # a whole object (the range covered it all)
                 if read.pos:
                     raise OriginResponseError(
@@ -415,6 +378,38 @@ class Fetcher:
             body.close()
 
     async def _stream_http(self, read: RangeRead) -> None:
+        """One ranged GET; its body lands straight in the chunks' buffers.
+
+        The direct client (:mod:`cachefs.receive`) reads what it can
+        reproduce faithfully; other targets and responses (redirects,
+        chunked bodies, custom sessions) go through fsspec's session.
+        """
+        get = http_get(self.target, read.path)
+        if get is not None:
+            try:
+                await stream_range(
+                    self.pool(),
+                    get,
+                    read,
+                    on_bytes=self._count,
+                    size_of=lambda: self._size_of(read.path),
+                )
+                self.stats.direct += 1
+                return
+            except Unsupported:
+                pass  # nothing was delivered: the general client reads it
+        await self._stream_aiohttp(read)
+
+    def _opened(self) -> None:
+        self.stats.connections += 1
+
+    def _count(self, n: int) -> None:
+        self.stats.bytes += n
+
+    async def _size_of(self, path: str) -> int:
+        return int((await self.info(path))["size"])
+
+    async def _stream_aiohttp(self, read: RangeRead) -> None:
         """One ranged GET through fsspec's HTTP session, checked as it lands.
 
         The identity encoding is asked for (as fsspec's own http does): a
@@ -443,11 +438,11 @@ class Fetcher:
                 )
             body: bytes | None = None
             if r.status == 416:  # the range starts past the end
-                size = _total_of(r.headers.get("Content-Range"))
+                size = total_of(r.headers.get("Content-Range"))
                 if size is None:
                     size = int((await self.info(url))["size"])
             elif r.status == 206:
-                size = _check_content_range(
+                size = check_content_range(
                     read, r.headers.get("Content-Range", ""), r.content_length
                 )
             elif r.status == 200:  # the server ignored the range: the whole file
@@ -519,54 +514,11 @@ class Fetcher:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _total_of(content_range: str | None) -> int | None:
-    """Return the total of ``bytes .../TOTAL``, or ``None`` if it has none."""
-    total = (content_range or "").rpartition("/")[2].strip()
-    return int(total) if total.isdigit() else None
-
-
-def _check_content_range(read: RangeRead, header: str, length: int | None) -> int:
-    """Check a partial response covers exactly the range asked; return the size.
-
-    ``bytes FIRST-LAST/TOTAL`` must start at the first byte asked, end at the
-    last byte asked (or the file's last), and agree with the body's length.
-    """
-    match = _CONTENT_RANGE.match(header.strip())
-    if match is None:
-        raise OriginResponseError(
-            f"{read.what()}: the origin's Content-Range {header!r} is not "
-            "'bytes FIRST-LAST/TOTAL'"
-        )
-    first, last = int(match.group(1)), int(match.group(2))
-    total = int(match.group(3)) if match.group(3) != "*" else read.size
-    if total is None:
-        raise OriginResponseError(
-            f"{read.what()}: the origin's Content-Range {header!r} gives no size"
-        )
-    if read.size is not None and total != read.size:
-        return total  # the file changed: RangeRead.seen says so
-    want_last = min(read.stop, total) - 1
-    if first != read.pos or last != want_last:
-        raise OriginResponseError(
-            f"{read.what()}: the origin answered Content-Range {header!r}, "
-            f"not bytes {read.pos}-{want_last}"
-        )
-    if length is not None and length != last - first + 1:
-        raise OriginResponseError(
-            f"{read.what()}: Content-Range {header!r} but {length} body bytes"
-        )
-    return total
-
-
-def _check_version(path: str, info: dict[str, Any], token: str | None) -> None:
-    etag = info.get("ETag")
-    if token is None or etag is None or not token.startswith("ETag:"):
-        return
-    if f"ETag:{str(etag).strip()}" != token:
-        raise StaleVersionError(
-            f"{path} changed at the origin (ETag {etag}, expected "
-            f"{token[5:]}); reopen it to read the new version"
-        )
+def _close_soon(loop: asyncio.AbstractEventLoop, pool: ConnectionPool) -> None:
+    """Close ``pool`` on ``loop`` (its transports are the loop's)."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(pool.close)
 
 
 def _is_http(target: AbstractFileSystem) -> bool:

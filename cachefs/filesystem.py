@@ -30,7 +30,7 @@ from cachefs.bridge import (
     renewed,
 )
 from cachefs.chunks import ChunkKey, assemble, clip, span_keys
-from cachefs.config import CacheConfig, default_cache_dir
+from cachefs.config import CacheConfig, default_cache_dir, split_keywords
 from cachefs.errors import StaleVersionError
 from cachefs.fetch import Fetcher
 from cachefs.file import CachedFile
@@ -190,6 +190,11 @@ class CacheFileSystem(
         **kwargs: Any,
     ) -> None:
         kwargs.pop("fo", None)  # the path fsspec's URL chaining passes along
+        # A mistyped setting is an error, not a cache on its defaults; a
+        # keyword the target's class names is passed on to it.
+        kwargs, passed = split_keywords(kwargs, target_protocol)
+        if passed:
+            target_options = {**passed, **(target_options or {})}
         super().__init__(**kwargs)
         config = self.config = CacheConfig.from_kwargs(
             cache_dir=cache_dir,
@@ -557,6 +562,7 @@ class CacheFileSystem(
     async def _close_on_loop(self) -> None:
         self.router.cancel_all()
         await self.router.drain()
+        self.fetcher.close_connections()
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Block until every fetch in flight is stored in its tiers.

@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cachefs.wds",
         ),
     ),
+    ("POSIX mount", ("cachefs.mount",)),
     ("data loaders", ("cachefs.data",)),
     ("filesystem", ("cachefs.filesystem", "cachefs.writes")),
     (
@@ -58,7 +59,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("router", ("cachefs.router",)),
     (
         "tiers, fetch and metadata",
-        ("cachefs.tiers", "cachefs.fetch", "cachefs.metadata", "cachefs.buffers"),
+        (
+            "cachefs.tiers",
+            "cachefs.fetch",
+            "cachefs.receive",
+            "cachefs.metadata",
+            "cachefs.buffers",
+        ),
     ),
     (
         "foundations",
