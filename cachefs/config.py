@@ -17,24 +17,56 @@ Use it standalone::
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import fsspec
+import fsspec.config
 from fsspec.core import split_protocol
 
 from cachefs.chunks import parse_count, parse_flag, parse_seconds, parse_size
 from cachefs.policy import EvictionPolicy, make_policy
 
 __all__ = [
+    "FSSPEC_KEYWORDS",
+    "TARGET_KEYWORDS",
     "CacheConfig",
     "FetchConfig",
     "SharedLocation",
     "StagingConfig",
     "default_cache_dir",
+    "fsspec_config_sources",
+    "split_keywords",
+    "unknown_keyword",
 ]
+
+#: Keywords fsspec itself gives every filesystem (``AbstractFileSystem``,
+#: ``AsyncFileSystem``, its instance cache and URL chaining).
+FSSPEC_KEYWORDS = frozenset(
+    {
+        "asynchronous",
+        "loop",
+        "batch_size",
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "fo",
+    }
+)
+#: Keywords that choose the target rather than configure the cache.
+TARGET_KEYWORDS = frozenset({"target_protocol", "target_options", "fs"})
+_ENV_PREFIX = "FSSPEC_CACHEFS_"
+# An environment variable left in a path: $NAME or ${NAME}.
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 
 _CODECS = {"zstd": {"id": "zstd", "level": 1}, "lz4": {"id": "lz4"}}
 
@@ -331,7 +363,37 @@ def _cache_dirs(
     for item in items:
         if not isinstance(item, str | os.PathLike) or not os.fspath(item):
             raise TypeError(f"{name} entries must be paths, got {item!r}")
-    return tuple(Path(os.fspath(item)).expanduser().absolute() for item in items)
+    dirs = tuple(_one_dir(os.fspath(item), name) for item in items)
+    # Two entries naming one directory would be two tiers over one usage
+    # counter, each with half the budget: refused rather than guessed at.
+    seen: dict[str, str] = {}
+    for item, path in zip(items, dirs, strict=True):
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(
+                f"{name} lists the directory {real!r} twice ({seen[real]!r} and "
+                f"{os.fspath(item)!r}); list each directory once"
+            )
+        seen[real] = os.fspath(item)
+    return dirs
+
+
+def _one_dir(text: str, name: str) -> Path:
+    """Expand ``~`` and environment variables; refuse one left unexpanded.
+
+    fsspec's JSON and ``.ini`` files and ``FSSPEC_CACHEFS_CACHE_DIR`` hand
+    the value over as written: ``$HOME/cachefs`` would otherwise become a
+    directory named ``$HOME`` under the working directory.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(text))
+    left = _VARIABLE.search(expanded)
+    if left is not None:
+        raise ValueError(
+            f"{name}={text!r} names the environment variable {left.group(0)}, "
+            "which is not set; set it or write the path out"
+        )
+    # normpath folds "d/", "d/." and "d/../d" to one spelling of d.
+    return Path(os.path.normpath(os.path.abspath(expanded)))
 
 
 def _make_codec(compression: Any, name: str) -> Any:
@@ -376,3 +438,139 @@ def _shared_location(shared: Any, name: str) -> SharedLocation | None:
         options = dict(shared.get("options") or {})
         return SharedLocation(protocol, shared["root"], options, shared)
     raise TypeError(f"{name} must be a URL or a dict, got {type(shared).__name__}")
+
+
+# -- keywords ------------------------------------------------------------------
+
+
+def unknown_keyword(
+    name: str, known: Iterable[str], *, source: str | None = None
+) -> TypeError:
+    """Return the error for a keyword no one takes, naming the closest known one.
+
+    Parameters
+    ----------
+    name
+        The keyword as given.
+    known
+        The keywords that would have been accepted.
+    source
+        Where the keyword came from, when not from the caller's own code
+        (``"env FSSPEC_CACHEFS_CACHE_DRI"``).
+    """
+    closest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.0)
+    where = f" (from {source})" if source else ""
+    hint = f"; did you mean {closest[0]!r}?" if closest else ""
+    return TypeError(
+        f"cachefs got an unknown keyword {name!r}{where}{hint} "
+        "(keywords of the target filesystem go in target_options)"
+    )
+
+
+def split_keywords(
+    extra: Mapping[str, Any], target_protocol: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort ``CacheFileSystem``'s extra keywords into fsspec's and the target's.
+
+    A keyword that is neither fsspec's own (:data:`FSSPEC_KEYWORDS`) nor a
+    named parameter of the target's class (``anon`` of s3, given as
+    ``fsspec.open("cachefs::s3://...", anon=True)``) is refused: a mistyped
+    setting must not leave the cache on its defaults.
+
+    Returns
+    -------
+    tuple of dict
+        The keywords for fsspec, and those passed on to the target.
+
+    Raises
+    ------
+    TypeError
+        Naming the first unknown keyword, the closest known one and, when
+        it came from fsspec's configuration, the variable or file.
+    """
+    accepted = _target_accepts(target_protocol)
+    own: dict[str, Any] = {}
+    passed: dict[str, Any] = {}
+    for key in sorted(extra):
+        if key in FSSPEC_KEYWORDS:
+            own[key] = extra[key]
+        elif key in accepted:
+            passed[key] = extra[key]
+        else:
+            known = CacheConfig.KEYWORDS | TARGET_KEYWORDS | FSSPEC_KEYWORDS
+            raise unknown_keyword(
+                key, known | accepted, source=_config_source(key, extra[key])
+            )
+    return own, passed
+
+
+def _target_accepts(protocol: str | None) -> frozenset[str]:
+    """Return the named keywords of ``protocol``'s filesystem class."""
+    if not protocol:
+        return frozenset()
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError):
+        return frozenset()  # building the target names the real problem
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("fsspec.spec") or klass is object:
+            break
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+    return frozenset(names - {"self"} - FSSPEC_KEYWORDS)
+
+
+def _config_source(key: str, value: Any) -> str | None:
+    """Name where fsspec's configuration set ``key`` to ``value``, if it did."""
+    live = fsspec.config.conf.get("cachefs", {})
+    if key not in live or live[key] is not value:
+        return None
+    return fsspec_config_sources()[1].get(key)
+
+
+def fsspec_config_sources() -> tuple[dict[str, Any], dict[str, str]]:
+    """Return fsspec's live ``cachefs`` config and the source of each key.
+
+    A source is ``"env FSSPEC_CACHEFS_<KWARG>"``, ``"env FSSPEC_CACHEFS"``,
+    ``"fsspec config file in <dir>"`` or ``"fsspec.config.conf"`` (set in
+    code).
+    """
+    live = dict(fsspec.config.conf.get("cachefs", {}))
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fsspec.config.set_conf_files(fsspec.config.conf_dir, files)
+    except (OSError, ValueError):
+        files = {}
+    from_files = files.get("cachefs", {})
+    whole: dict[str, Any] = {}
+    raw = os.environ.get("FSSPEC_CACHEFS")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            whole = parsed
+    single = {
+        key[len(_ENV_PREFIX) :].lower(): key
+        for key in os.environ
+        if key.startswith(_ENV_PREFIX) and len(key) > len(_ENV_PREFIX)
+    }
+    sources: dict[str, str] = {}
+    for name in live:
+        if name in single:
+            sources[name] = f"env {single[name]}"
+        elif name in whole:
+            sources[name] = "env FSSPEC_CACHEFS"
+        elif name in from_files:
+            sources[name] = f"fsspec config file in {fsspec.config.conf_dir}"
+        else:
+            sources[name] = "fsspec.config.conf"
+    return live, sources

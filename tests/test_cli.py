@@ -625,3 +625,51 @@ def test_warm_progress_and_summary_give_one_rate(
     summary = re.search(r"\(([\d.]+ \S+/s)\)", proc.stdout)
     assert shown and summary, (proc.stderr, proc.stdout)
     assert _rate(shown.group(1)) == pytest.approx(_rate(summary.group(1)), rel=0.02)
+
+
+# -- warm: literal names (issue 19, item 11) --------------------------------------
+
+LITERAL_NAMES = ["a[1].bin", "a1.bin", "q?x.bin", "qZx.bin", "s*.bin", "sX.bin"]
+
+
+def _warmed_names(summary: dict[str, Any]) -> list[str]:
+    from urllib.parse import unquote
+
+    return sorted(unquote(p.rsplit("/", 1)[-1]) for p in summary["paths"])
+
+
+def test_warm_takes_an_existing_name_literally_on_file(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in LITERAL_NAMES:
+        (data / name).write_bytes(name.encode() * 100)
+    cache = tmp_path / "cache"
+    urls = [str(data / "a[1].bin"), f"file://{data}/q?x.bin", str(data / "s*.bin")]
+    summary = as_json(run(env, "warm", *urls, *cache_args(cache), "--json"))
+    assert _warmed_names(summary) == ["a[1].bin", "q?x.bin", "s*.bin"]
+    assert summary["complete"] and summary["origin_bytes"] == summary["bytes"]
+    # A pattern that names no file is still a glob.
+    globbed = as_json(
+        run(env, "warm", str(data / "q?x*"), *cache_args(cache), "--json")
+    )
+    assert _warmed_names(globbed) == ["q?x.bin", "qZx.bin"]
+
+
+def test_warm_takes_an_existing_name_literally_over_http(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    files = {name: name.encode() * 100 for name in LITERAL_NAMES}
+    with HTTPOrigin(files=files) as server:
+        # "?" starts an HTTP query: a name holding one is written %3F.
+        urls = [
+            server.url + "/a[1].bin",
+            server.url + "/s*.bin",
+            server.url_for("q?x.bin"),
+        ]
+        cache = tmp_path / "cache"
+        summary = as_json(run(env, "warm", *urls, *cache_args(cache), "--json"))
+        assert _warmed_names(summary) == ["a[1].bin", "q?x.bin", "s*.bin"]
+        assert summary["complete"]
+        assert set(server.stats.bytes_by_path) == {"a[1].bin", "q?x.bin", "s*.bin"}

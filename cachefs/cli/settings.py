@@ -17,17 +17,21 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import fsspec
-import fsspec.config
 
 from cachefs.cli.format import EXIT_OK, fmt_bytes, table
-from cachefs.config import CacheConfig
+from cachefs.config import (
+    FSSPEC_KEYWORDS,
+    TARGET_KEYWORDS,
+    CacheConfig,
+    fsspec_config_sources,
+    unknown_keyword,
+)
 from cachefs.filesystem import CacheFileSystem
 
 __all__ = [
@@ -52,7 +56,6 @@ CLI_OPTIONS = {
     "trust_cache_dir": "--trust-cache-dir",
 }
 _NOT_SETTINGS = frozenset({"self", "target_protocol", "fs", "kwargs"})
-_ENV_PREFIX = "FSSPEC_CACHEFS_"
 
 
 @dataclass
@@ -115,44 +118,6 @@ def keyword_defaults() -> dict[str, Any]:
     }
 
 
-def _config_sources() -> tuple[dict[str, Any], dict[str, str]]:
-    """Return fsspec's live ``cachefs`` config and the source of each key."""
-    live = dict(fsspec.config.conf.get("cachefs", {}))
-    files: dict[str, dict[str, Any]] = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fsspec.config.set_conf_files(fsspec.config.conf_dir, files)
-    except (OSError, ValueError):
-        files = {}
-    from_files = files.get("cachefs", {})
-    whole: dict[str, Any] = {}
-    raw = os.environ.get("FSSPEC_CACHEFS")
-    if raw:
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            whole = parsed
-    single = {
-        key[len(_ENV_PREFIX) :].lower(): key
-        for key in os.environ
-        if key.startswith(_ENV_PREFIX) and len(key) > len(_ENV_PREFIX)
-    }
-    sources: dict[str, str] = {}
-    for name in live:
-        if name in single:
-            sources[name] = f"env {single[name]}"
-        elif name in whole:
-            sources[name] = "env FSSPEC_CACHEFS"
-        elif name in from_files:
-            sources[name] = f"fsspec config file in {fsspec.config.conf_dir}"
-        else:
-            sources[name] = "fsspec.config.conf"
-    return live, sources
-
-
 def _label(name: str, source: str) -> str:
     if source == "command line":
         return CLI_OPTIONS[name]
@@ -191,7 +156,11 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
     """
     values = keyword_defaults()
     sources = dict.fromkeys(values, "default")
-    live, live_sources = _config_sources()
+    live, live_sources = fsspec_config_sources()
+    for name in sorted(live):
+        # A mistyped key would otherwise be listed as a setting and ignored.
+        if name not in values and name not in FSSPEC_KEYWORDS | TARGET_KEYWORDS:
+            raise unknown_keyword(name, values, source=live_sources[name])
     values.update(live)
     sources.update(live_sources)
     for name, value in cli.items():

@@ -1,6 +1,8 @@
 """``cachefs warm``: fetch files into the node's cache ahead of training.
 
-URLs are expanded on the target (globs, directory prefixes), sorted, and
+URLs are expanded on the target (globs, directory prefixes; a URL that
+names an existing path is taken literally, ``[``, ``?`` and ``*`` included),
+sorted, and
 split between ranks with :meth:`cachefs.data.world.World.rank_share` — the
 split the datasets use — so each node warms exactly its ranks' shards. The
 files are fetched with :meth:`CacheFileSystem.prefetch`, which skips chunks
@@ -112,7 +114,7 @@ def _expand_one(
     recursive: bool,
     heartbeat: Heartbeat | None,
 ) -> list[str]:
-    if _has_magic(url):
+    if _has_magic(url) and not _names_a_path(target, url, heartbeat):
         out: list[str] = []
         with _waiting(heartbeat, f"the listing of {url}"):
             matches = target.glob(url)
@@ -120,6 +122,25 @@ def _expand_one(
             out += _expand_plain(target, match, recursive, heartbeat, quiet=True)
         return out
     return _expand_plain(target, url, recursive, heartbeat, quiet=False)
+
+
+def _names_a_path(
+    target: AbstractFileSystem | BoundedListing,
+    url: str,
+    heartbeat: Heartbeat | None,
+) -> bool:
+    """Whether ``url``, glob characters and all, names an existing path.
+
+    ``a[1].bin`` is a file's real name more often than a pattern for
+    ``a1.bin``: taken literally when it exists (as ``ls`` and ``evict``
+    take a recorded name), matched as a glob only when it does not.
+    """
+    try:
+        with _waiting(heartbeat, f"the info of {url}"):
+            target.info(url)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _expand_plain(

@@ -48,9 +48,15 @@ def check_dir(path: Path, st: os.stat_result, *, trust: bool) -> None:
         For a directory another user owns, or one group or others can write;
         the message names the path and the fix.
     """
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+    if stat.S_ISLNK(st.st_mode):
         raise NotADirectoryError(
-            f"cache_dir {str(path)!r} is not a plain directory (symlink refused)"
+            f"cache_dir {str(path)!r} is a symlink, refused (nothing in the "
+            f"cache is followed through a symlink): use the directory it "
+            f"points to, {os.path.realpath(path)!r}"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(
+            f"cache_dir {str(path)!r} is {_kind(st)}, not a directory"
         )
     if trust:
         return
@@ -71,9 +77,38 @@ def check_dir(path: Path, st: os.stat_result, *, trust: bool) -> None:
 
 def secure_dir(path: Path, *, trust: bool = False) -> None:
     """Create ``path`` owner-only if missing, then :func:`check_dir` it."""
-    with contextlib.suppress(FileExistsError):
+    try:
         path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except NotADirectoryError:
+        # pathlib names only the leaf; the user needs the file in the way.
+        raise NotADirectoryError(
+            f"cache_dir {str(path)!r} cannot be created: {_blocker(path)}"
+        ) from None
     check_dir(path, os.lstat(path), trust=trust)
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISREG(st.st_mode):
+        return "a regular file"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink to something other than a directory"
+    return "a special file (device, socket or pipe)"
+
+
+def _blocker(path: Path) -> str:
+    """Say which component above ``path`` is not a directory."""
+    for parent in reversed(path.parents):
+        try:
+            st = os.lstat(parent)
+        except OSError:
+            break
+        if stat.S_ISLNK(st.st_mode) and os.path.isdir(parent):
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{str(parent)!r} is {_kind(st)}, not a directory"
+    return "a component of the path is not a directory"
 
 
 def open_dir(path: Path | str, dir_fd: int | None = None) -> int:
