@@ -9,6 +9,9 @@
 - :func:`register`: the live stateful objects of the process; a forked
   child calls their ``after_fork()`` (the one fork hook) and the exit
   calls their ``drain_at_exit()`` (the one exit hook).
+- :func:`open_lock_fd` and :func:`close_lock_fd`: every descriptor that
+  holds (or is about to take) a cross-process ``flock``, whatever module
+  opened it; the same fork hook closes them all in the child first.
 
 fsspec's :func:`fsspec.asyn.sync` turns any ``TimeoutError`` raised on the
 loop into a bare :class:`fsspec.exceptions.FSTimeoutError`, leaving the
@@ -39,10 +42,12 @@ __all__ = [
     "build_target",
     "call",
     "call_sync",
+    "close_lock_fd",
     "live",
     "name_timeouts_of",
     "named_timeouts",
     "on_own_loop",
+    "open_lock_fd",
     "register",
     "renewed",
 ]
@@ -217,6 +222,65 @@ def on_own_loop(
     return on_own_loop
 
 
+# -- descriptors holding flock locks: never inherited -------------------------
+
+#: Descriptors this process holds cross-process locks on (or is taking one on).
+_LOCK_FDS: set[int] = set()
+#: Held while a lock descriptor is opened and registered, or unregistered and
+#: closed, and across ``fork()``: a fork cannot land between ``open`` and
+#: the registration (the child would keep a copy nobody knows of), nor
+#: between the unregistration and ``close``.
+_LOCK_FDS_GUARD = threading.Lock()
+
+
+def open_lock_fd(opener: Callable[[], int]) -> int:
+    """Open a descriptor to take a ``flock`` on; a forked child closes it.
+
+    ``flock`` belongs to the open file description, which a forked child
+    shares. A child that kept a copy would hold the lock for as long as it
+    lives once the parent closes its own descriptor: the child's writers,
+    and every other process of the node, would then block. Every such
+    descriptor of the package is opened here and closed with
+    :func:`close_lock_fd`.
+
+    Parameters
+    ----------
+    opener
+        Opens the file and returns the descriptor: a few quick system calls
+        (a fork waits for them).
+    """
+    with _LOCK_FDS_GUARD:
+        fd = opener()
+        _LOCK_FDS.add(fd)
+    return fd
+
+
+def close_lock_fd(fd: int) -> None:
+    """Close a descriptor from :func:`open_lock_fd`, dropping its lock."""
+    with _LOCK_FDS_GUARD:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
+def _before_fork() -> None:
+    _LOCK_FDS_GUARD.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _LOCK_FDS_GUARD.release()
+
+
+def _close_inherited_lock_fds() -> None:
+    global _LOCK_FDS_GUARD
+    # Closing the child's copy leaves the parent's lock with the parent: its
+    # own descriptor keeps the open file description, and the lock, alive.
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    _LOCK_FDS_GUARD = threading.Lock()  # the forking thread held it
+
+
 # -- live objects: one fork hook, one exit hook --------------------------------
 
 _LIVE: dict[int, weakref.ref[Any]] = {}
@@ -241,6 +305,7 @@ def live() -> list[Any]:
 
 
 def _after_fork_in_child() -> None:
+    _close_inherited_lock_fds()
     for obj in live():
         hook = getattr(obj, "after_fork", None)
         if hook is not None:
@@ -256,7 +321,11 @@ def _drain_at_exit() -> None:
                 hook()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 # The drain must run before concurrent.futures refuses new work at exit (its
 # own hook runs when threading shuts down, before atexit): a fill still

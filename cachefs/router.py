@@ -26,15 +26,13 @@ from cachefs.tiers.base import AsyncTier, NodeTier, ProcessLock, Tier
 from cachefs.tiers.diskset import DiskSet
 from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, retrieve
 from cachefs.tiers.staging import Staging
+from cachefs.tiers.waits import Turn, fetch_budget, wait_turn
 
 if TYPE_CHECKING:
     from cachefs.tiers.disk import DiskTier
     from cachefs.tiers.shared import SharedTier
 
 __all__ = ["ChunkRouter", "RouterStats"]
-
-_POLL_FIRST = 0.002
-_POLL_MAX = 0.05
 
 
 @dataclass(slots=True)
@@ -51,6 +49,9 @@ class RouterStats:
         Misses that joined a fetch already in flight in this process.
     waited
         Misses that waited for another process to fetch the chunk.
+    waited_out
+        Waits for another process (a chunk's or a file's lock) past a
+        fetch's budget: the bytes were read here (:mod:`cachefs.tiers.waits`).
     promotions
         Disk hits copied up to the RAM tier.
     wait_seconds
@@ -63,6 +64,7 @@ class RouterStats:
     coalesced_requests: int = 0
     joined: int = 0
     waited: int = 0
+    waited_out: int = 0
     promotions: int = 0
     wait_seconds: float = 0.0
     readahead_wakeups: int = 0
@@ -118,6 +120,8 @@ class ChunkRouter:
         self.shared = shared
         self._below: AsyncTier | None = shared
         self.staging = staging
+        if staging is not None and diskset is not None:
+            staging.elsewhere = diskset.contains  # staged copies free to drop
         #: The loop fills run on (set by the filesystem; None when async).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.fetcher = fetcher
@@ -361,21 +365,19 @@ class ChunkRouter:
         return True
 
     async def _wait_for(self, key: ChunkKey, disk: NodeTier, lock: ProcessLock) -> None:
-        """Wait while another process fetches ``key``; fetch it if it gave up."""
+        """Wait while another process fetches ``key`` (a fetch's budget at most)."""
         self.stats.waited += 1
-        delay = _POLL_FIRST
-        while True:
-            if self._found_on(disk, key):
-                return
-            if lock.try_acquire():
-                try:
-                    if not self._found_on(disk, key):
-                        await self._fill_owned([key])
-                finally:
-                    lock.release()
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX)
+        turn = await wait_turn(
+            lock, fetch_budget(self.fetcher), lambda: self._found_on(disk, key)
+        )
+        if turn is Turn.DONE:
+            return
+        self.stats.waited_out += turn is Turn.WAITED_OUT
+        try:
+            if not self._found_on(disk, key):
+                await self._fill_owned([key])
+        finally:
+            lock.release()  # a no-op when the wait ran out
 
     async def _fill_owned(self, keys: list[ChunkKey]) -> None:
         """Fill keys this process holds the locks of: shared tier, then origin.
@@ -560,12 +562,12 @@ class ChunkRouter:
             return None
         return self.disk.file_lock(f"{protocol}\0{path}")
 
-    async def acquire(self, lock: ProcessLock) -> None:
-        """Wait (polling, off any thread) until ``lock`` is ours."""
-        delay = _POLL_FIRST
-        while not lock.try_acquire():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX)
+    async def acquire(self, lock: ProcessLock) -> bool:
+        """Wait until ``lock`` is ours, a fetch's budget at most; say if it is."""
+        if await wait_turn(lock, fetch_budget(self.fetcher)) is Turn.OURS:
+            return True
+        self.stats.waited_out += 1
+        return False
 
     # -- lifecycle -----------------------------------------------------------
 

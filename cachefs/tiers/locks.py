@@ -3,17 +3,18 @@
 A process fetching a chunk holds its stripe's lock until the chunk is
 published, so other processes on the node wait instead of fetching it again.
 The kernel drops a lock when its holder dies; a forked child closes the
-copies it inherited at once (see :func:`_close_inherited_locks`).
+copies it inherited at once (every lock descriptor of the package is opened
+through :func:`cachefs.bridge.open_lock_fd`, whose fork hook does that).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import warnings
 from pathlib import Path
 
+from cachefs.bridge import close_lock_fd, open_lock_fd
 from cachefs.tiers.dirs import NOFOLLOW, open_dir
 
 __all__ = ["StripeLock"]
@@ -31,23 +32,6 @@ def _warn_unlocked(path: Path, exc: OSError) -> None:
             ResourceWarning,
             stacklevel=4,
         )
-
-
-#: Descriptors of the stripe locks this process holds.
-_HELD: set[int] = set()
-
-
-def _close_inherited_locks() -> None:
-    # flock belongs to the open file description, which a forked child
-    # shares: the child's copies would keep the parent's locks held for as
-    # long as the child lives (a persistent DataLoader worker). Close them.
-    for fd in list(_HELD):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class StripeLock:
@@ -77,34 +61,32 @@ class StripeLock:
         chunk may then be fetched twice, but the reader is not failed.
         """
         try:
-            dfd = open_dir(self._path.parent)
-            try:
-                fd = os.open(
-                    self._path.name,
-                    os.O_RDWR | os.O_CREAT | NOFOLLOW,
-                    0o600,
-                    dir_fd=dfd,
-                )
-            finally:
-                os.close(dfd)
+            fd = open_lock_fd(self._open)
         except OSError as exc:
             _warn_unlocked(self._path, exc)
             return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            close_lock_fd(fd)
             return False
         self._fd, self._pid = fd, os.getpid()
-        _HELD.add(fd)
         return True
+
+    def _open(self) -> int:
+        dfd = open_dir(self._path.parent)
+        try:
+            return os.open(
+                self._path.name, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=dfd
+            )
+        finally:
+            os.close(dfd)
 
     def release(self) -> None:
         """Release the lock (idempotent; a no-op in a forked child)."""
         fd, self._fd = self._fd, None
         if fd is not None and self._pid == os.getpid():
-            _HELD.discard(fd)
-            os.close(fd)  # closing drops the flock
+            close_lock_fd(fd)  # closing drops the flock
 
     @property
     def held(self) -> bool:

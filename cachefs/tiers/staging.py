@@ -3,9 +3,13 @@
 Chunks fetched ahead of a reader are *staged*: held in memory under a byte
 budget (``prefetch_limit``) until read, so prefetching never evicts what is
 about to be consumed and a long prefetch list streams through instead of
-flooding RAM. A staged chunk moves to the RAM tier when it is read. Staged
-chunks nobody reads are dropped when their budget is needed and they have
-waited longer than ``hold`` seconds; they count as wasted.
+flooding RAM. A staged chunk moves to the RAM tier when it is read.
+
+When the budget is needed, a staged chunk that the disk tier also holds
+(``elsewhere``) is dropped at once: its reader reads it there, so dropping
+it costs nothing (counted as ``spilled``). A chunk that exists nowhere else
+waits up to ``hold`` seconds for its reader before it is dropped (counted as
+``wasted``): only such chunks can make a prefetch with nobody reading wait.
 
 A prefetch *reserves* its bytes before it fetches (:meth:`Staging.reserve`,
 :meth:`Staging.try_reserve`), *settles* the reservation when the bytes arrive
@@ -20,12 +24,16 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from cachefs.chunks import ChunkKey
 
 __all__ = ["PrefetchStats", "Staging"]
+
+#: A reservation waiting on disk writes polls from 2 ms, up to 50 ms.
+_NAP_FIRST = 0.002
+_NAP_MAX = 0.05
 
 
 @dataclass(slots=True)
@@ -42,6 +50,9 @@ class PrefetchStats:
         Prefetched chunks dropped without being read.
     failed
         Prefetch fetches that failed (logged, never raised to a reader).
+    spilled
+        Staged chunks dropped unread to make room because the disk tier
+        holds them (their reader reads them there: nothing is lost).
     staged_bytes, peak_staged_bytes
         Bytes held for readers now, and the most ever held (reservations of
         fetches in flight included).
@@ -51,6 +62,7 @@ class PrefetchStats:
     used: int = 0
     wasted: int = 0
     failed: int = 0
+    spilled: int = 0
     staged_bytes: int = 0
     peak_staged_bytes: int = 0
 
@@ -67,13 +79,28 @@ class Staging:
     limit
         Byte budget for staged chunks plus reservations of fetches in flight.
     hold
-        Seconds a staged chunk is kept for its reader before its budget may
-        be reclaimed.
+        Seconds a staged chunk held nowhere else is kept for its reader
+        before its budget may be reclaimed.
+    elsewhere
+        Whether a tier below holds a chunk (the disk tier's ``contains``),
+        so its staged copy may be dropped whenever the budget is needed;
+        ``None``: no chunk is held elsewhere.
+
+    Attributes
+    ----------
+    elsewhere
+        As the parameter; settable once the tiers below are built.
     """
 
-    def __init__(self, limit: int, hold: float = 30.0) -> None:
+    def __init__(
+        self,
+        limit: int,
+        hold: float = 30.0,
+        elsewhere: Callable[[ChunkKey], bool] | None = None,
+    ) -> None:
         self.limit = limit
         self.hold = hold
+        self.elsewhere = elsewhere
         self.stats = PrefetchStats()
         self._entries: OrderedDict[ChunkKey, tuple[memoryview, float]] = OrderedDict()
         self._reserved = 0
@@ -134,24 +161,34 @@ class Staging:
             if self._fits(nbytes):
                 self._book(nbytes)
                 return True
-            self._reclaim_locked(time.monotonic())
+            self._reclaim_locked(time.monotonic(), nbytes)
             if self._fits(nbytes):
                 self._book(nbytes)
                 return True
         return False
 
     async def reserve(self, nbytes: int) -> None:
-        """Wait until ``nbytes`` fit the budget, then reserve them."""
+        """Wait until ``nbytes`` fit the budget, then reserve them.
+
+        Staged chunks whose disk writes are still under way become free to
+        drop as those writes end, which signals nothing here: while any
+        staged chunk may still become so, the wait polls every few ms.
+        """
+        nap = _NAP_FIRST
         while not self.try_reserve(nbytes):
             event = self._event()
             event.clear()
+            pending = self.elsewhere is not None and bool(self._entries)
             # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a
             # cancellation that races with the event.
             waiter = asyncio.ensure_future(event.wait())
             try:
-                await asyncio.wait({waiter}, timeout=min(self.hold, 0.25))
+                await asyncio.wait(
+                    {waiter}, timeout=min(self.hold, nap if pending else 0.25)
+                )
             finally:
                 waiter.cancel()
+            nap = min(nap * 2, _NAP_MAX)
 
     def unreserve(self, nbytes: int) -> None:
         """Give back a reservation that will not be staged."""
@@ -175,8 +212,8 @@ class Staging:
                 self._entries[key] = (view, time.monotonic())
                 self.stats.staged_bytes += view.nbytes
                 stage = True
-        if not stage:
-            self._signal()
+        # Staged too: a waiter may drop it once the disk tier holds it.
+        self._signal()
         return stage
 
     # -- internals -----------------------------------------------------------
@@ -191,14 +228,31 @@ class Staging:
         total = self.stats.staged_bytes + self._reserved
         self.stats.peak_staged_bytes = max(self.stats.peak_staged_bytes, total)
 
-    def _reclaim_locked(self, now: float) -> None:
+    def _reclaim_locked(self, now: float, nbytes: int) -> None:
         while self._entries:
             key, (view, stamp) = next(iter(self._entries.items()))
             if now - stamp < self.hold:
-                return
+                break
             del self._entries[key]
             self.stats.staged_bytes -= view.nbytes
             self.stats.wasted += 1
+        elsewhere = self.elsewhere
+        if elsewhere is None or self._fits(nbytes):
+            return
+        # Oldest first, as many as it takes: a chunk on disk costs nothing
+        # to drop (its reader maps it there), so no hold applies to it.
+        for key in list(self._entries):
+            try:
+                held = elsewhere(key)
+            except OSError:  # unknown: keep it for its reader
+                held = False
+            if not held:
+                continue
+            view = self._entries.pop(key)[0]
+            self.stats.staged_bytes -= view.nbytes
+            self.stats.spilled += 1
+            if self._fits(nbytes):
+                return
 
     def _event(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cachefs.bridge import close_lock_fd, open_lock_fd
 from cachefs.tiers.dirs import NOFOLLOW
 
 __all__ = ["UsageCounter"]
@@ -45,12 +46,17 @@ class UsageCounter:
         """Hold the counter's lock; yield its descriptor for read/write."""
         # A fresh descriptor per use: flock is per open file description, so
         # a descriptor inherited across fork would not exclude the parent.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+        # Registered, so a child forked while it is held closes its copy: a
+        # kept copy would hold the lock once this process closes its own.
+        fd = open_lock_fd(self._open)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         finally:
-            os.close(fd)
+            close_lock_fd(fd)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
 
     @staticmethod
     def read_raw(fd: int) -> int | None:
