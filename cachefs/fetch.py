@@ -31,6 +31,7 @@ from cachefs.errors import (
 from cachefs.receive.pool import ConnectionPool
 from cachefs.receive.ranged import Unsupported, stream_range
 from cachefs.receive.read import RangeRead, check_content_range, total_of
+from cachefs.receive.s3 import SignedGets, s3_get
 from cachefs.receive.targets import http_get
 
 __all__ = ["FetchStats", "Fetcher", "RangeRead"]
@@ -136,6 +137,7 @@ class Fetcher:
         self._limits: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, _ByteBudget]
         self._limits_loop: asyncio.AbstractEventLoop | None = None
         self._pools: dict[asyncio.AbstractEventLoop, ConnectionPool] = {}
+        self._signed: SignedGets = {}
 
     def _caps(self) -> tuple[asyncio.Semaphore, _ByteBudget]:
         # asyncio primitives belong to one loop; a forked child has a new one.
@@ -321,6 +323,29 @@ class Fetcher:
         read.deliver_all(memoryview(data), read.pos, hi)
 
     async def _stream_s3(self, read: RangeRead) -> None:
+        """One ranged GET of a presigned URL, landing in the chunks' buffers.
+
+        Targets whose options a presigned GET does not carry go through
+        s3fs (:meth:`_stream_s3fs`).
+        """
+        get = await s3_get(self.target, read.path, self._signed)
+        if get is not None:
+            try:
+                await stream_range(
+                    self.pool(),
+                    get,
+                    read,
+                    on_bytes=self._count,
+                    size_of=lambda: self._size_of(read.path),
+                    if_match=read.etag(),
+                )
+                self.stats.direct += 1
+                return
+            except Unsupported:
+                pass  # nothing was delivered: s3fs reads it
+        await self._stream_s3fs(read)
+
+    async def _stream_s3fs(self, read: RangeRead) -> None:
         """One GetObject; parts delivered as they arrive, info from its headers.
 
         A known version makes the request conditional (``If-Match`` on its
