@@ -179,8 +179,8 @@ class CachedFile(io.RawIOBase):
         cs = self.chunk_size
         index = pos // cs
         if stop <= (index + 1) * cs:  # the common case: inside one chunk
-            view = self._chunk(index)
             base = index * cs
+            view = self._chunk(index, pos - base, stop - base)
             self._pos = stop
             return view[pos - base : stop - base].tobytes()
         out = bytearray(stop - pos)
@@ -206,7 +206,8 @@ class CachedFile(io.RawIOBase):
         index = pos // cs
         if stop <= (index + 1) * cs:  # inside one chunk: one slice, one copy
             base = index * cs
-            out[: stop - pos] = self._chunk(index)[pos - base : stop - base]
+            lo, hi = pos - base, stop - base
+            out[: stop - pos] = self._chunk(index, lo, hi)[lo:hi]
         else:
             self._copy_range(pos, stop, out)
         self._pos = stop
@@ -230,7 +231,8 @@ class CachedFile(io.RawIOBase):
         index = pos // cs
         if stop <= (index + 1) * cs:
             base = index * cs
-            view = self._chunk(index)[pos - base : stop - base]
+            lo, hi = pos - base, stop - base
+            view = self._chunk(index, lo, hi)[lo:hi]
         else:
             out = bytearray(stop - pos)
             self._copy_range(pos, stop, memoryview(out))
@@ -325,12 +327,20 @@ class CachedFile(io.RawIOBase):
             key = self._keys[index] = ChunkKey(self.version, self.chunk_size, index)
         return key
 
-    def _chunk(self, index: int) -> memoryview:
+    def _chunk(self, index: int, lo: int, hi: int) -> memoryview:
+        """Return chunk ``index``'s view; read only ``[lo, hi)`` of it.
+
+        A chunk mapped from disk may be verified over those bytes only
+        (:meth:`ChunkRouter.get_span`): it is kept in hand once whole.
+        """
         view = self._held.get(index)
         if view is not None:
             return view
         key = self._keys.get(index) or self._key(index)
-        view = self._router.get_cached(key) or self._arriving.pop(key, None)
+        found = self._router.get_span(key, lo, hi)
+        if found is not None and not found[1]:
+            return found[0]
+        view = found[0] if found else self._arriving.pop(key, None)
         if view is None:
             if self.closed:
                 raise ValueError(f"I/O operation on closed file {self.path}")

@@ -26,6 +26,7 @@ from cachefs.tiers.base import AsyncTier, NodeTier, ProcessLock, Tier
 from cachefs.tiers.diskset import DiskSet
 from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, retrieve
 from cachefs.tiers.staging import Staging
+from cachefs.tiers.writer import WRITER
 from cachefs.tiers.waits import Turn, fetch_budget, wait_turn
 
 if TYPE_CHECKING:
@@ -169,6 +170,24 @@ class ChunkRouter:
         ):
             self.stats.promotions += 1
         return view
+
+    def get_span(
+        self, key: ChunkKey, lo: int, hi: int
+    ) -> tuple[memoryview, bool] | None:
+        """Return :meth:`get_cached`'s view, verified over ``[lo, hi)`` at least.
+
+        The flag says whether all of it is (disk chunks verify blocks as
+        they are read); without it, read ``[lo, hi)`` only.
+        """
+        ram, disk, staged = self.ram, self.disk, self.staging
+        if disk is None or (ram and ram.contains(key)) or (staged and key in staged):
+            view = self.get_cached(key)
+            return None if view is None else (view, True)
+        tier = disk.tier_for(key)
+        found: tuple[memoryview, bool] | None = tier.get_span(key, lo, hi)  # type: ignore[attr-defined]
+        if found and found[1] and ram is not None and not tier.in_memory(key):
+            self.stats.promotions += ram.put(key, found[0])  # read, not mapped
+        return found
 
     def discard(self, keys: Iterable[ChunkKey]) -> None:
         """Drop ``keys`` from every tier."""
@@ -441,23 +460,15 @@ class ChunkRouter:
     ) -> None:
         disk = self.disk
         if disk is not None:
-            # Disk writes leave the loop's thread: a slow disk stalls no fetch.
-            # A thread cannot be cancelled: the write is shielded and tracked,
-            # so a cancelled fill (close()) still lets drain() wait for it.
-            write = asyncio.get_running_loop().run_in_executor(
-                None, self._store, disk, items
-            )
+            # Batched on the writer thread (cachefs.tiers.writer); shielded and
+            # tracked, so a cancelled fill (close()) still lets drain() wait.
+            write = asyncio.ensure_future(WRITER.store(disk, items))
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
             await asyncio.shield(write)
         if publish and self._below is not None:
             # Write-back to the shared tier, in the background.
             self.track(asyncio.get_running_loop().create_task(self._publish(items)))
-
-    @staticmethod
-    def _store(disk: Tier, items: list[tuple[ChunkKey, memoryview]]) -> None:
-        for key, view in items:
-            disk.put(key, view)
 
     async def open_stream(
         self,

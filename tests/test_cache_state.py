@@ -32,8 +32,8 @@ from cachefs import CacheFileSystem
 from cachefs.chunks import FileVersion
 from cachefs.cli import main as cli_main
 from cachefs.policy import make_policy
-from cachefs.tiers.disk import CHUNK_HEADER, DiskTier
-from cachefs.tiers.record import RecordCodec
+from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.record import RecordCodec, record_overhead
 
 KiB = 2**10
 MiB = 2**20
@@ -501,7 +501,7 @@ def test_a_stray_neither_counts_in_the_budget_nor_survives_repair(tmp_path, caps
         assert tier.put(version.key(CS, i), blob(i, CS))
     assert tier.stats.evictions == 0
     assert all(tier.contains(version.key(CS, i)) for i in range(10))
-    assert tier.usage() == 10 * (CHUNK_HEADER.size + CS) == counted(cache)
+    assert tier.usage() == 10 * (record_overhead(CS) + CS) == counted(cache)
     rc, doc = cli("verify", "--repair", "--json", cache=cache, capsys=capsys)
     assert rc == 0
     assert doc["damaged"] == [

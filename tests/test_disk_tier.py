@@ -28,12 +28,13 @@ from cachefs.chunks import ChunkKey, FileVersion, version_token
 from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin, make_shards
 from cachefs.tiers.disk import CHUNK_HEADER, DiskTier
+from cachefs.tiers.record import record_overhead
 
 MiB = 2**20
 KiB = 2**10
 REPO = Path(__file__).resolve().parents[1]
 CS = 64 * KiB  # chunk size of the unit tests
-ENTRY = CHUNK_HEADER.size + CS  # bytes one full chunk occupies on disk
+ENTRY = record_overhead(CS) + CS  # bytes one full chunk occupies on disk
 
 
 def tier_at(root: Path, limit: int = 64 * MiB) -> DiskTier:
@@ -89,7 +90,7 @@ def test_put_get_round_trip(tmp_path):
     assert (
         tier.usage()
         == disk_bytes(tier.root)
-        == sum(CHUNK_HEADER.size + len(d) for d in datas)
+        == sum(record_overhead(len(d)) + len(d) for d in datas)
     )
     for path in chunk_files(tier.root):
         assert mode(path) == 0o600
@@ -102,7 +103,7 @@ def test_put_get_round_trip(tmp_path):
 def test_chunks_are_published_atomically(tmp_path):
     tier = tier_at(tmp_path / "cache", limit=1 << 40)
     size = 256 * KiB
-    full = CHUNK_HEADER.size + size
+    full = record_overhead(size) + size
     chunks_dir = tier.root / "chunks"
     stop = threading.Event()
     seen: set[str] = set()

@@ -12,7 +12,7 @@ import pytest
 from bench.epoch_scan import hit_rates
 from cachefs.policy import DEFAULT_POLICY
 from cachefs.testing import make_shards
-from cachefs.tiers.disk import CHUNK_HEADER
+from cachefs.tiers.record import record_overhead
 
 KiB = 1024
 CHUNK = 64 * KiB
@@ -27,7 +27,7 @@ def rates() -> dict[str, list[float]]:
 
 
 # The bound: what fits in the budget, chunk headers included.
-BOUND = (DATASET // 2) / (DATASET + (DATASET // CHUNK) * CHUNK_HEADER.size)
+BOUND = (DATASET // 2) / (DATASET + (DATASET // CHUNK) * record_overhead(CHUNK))
 
 
 def test_epoch_policy_reaches_the_bound(rates):

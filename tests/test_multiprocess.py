@@ -28,7 +28,8 @@ import pytest
 from cachefs.chunks import FileVersion, version_token
 from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin, make_shards
-from cachefs.tiers.disk import CHUNK_HEADER, DiskTier
+from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.record import record_overhead
 
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[1]
@@ -280,7 +281,7 @@ def test_disk_budget_holds_across_processes(tmp_path):
     on_disk = chunk_files(cache_dir)
     real = sum(p.lstat().st_size for p in on_disk)
     assert real <= 1.10 * limit, (real, limit)
-    assert all(p.stat().st_size == CHUNK_HEADER.size + MiB for p in on_disk)
+    assert all(p.stat().st_size == record_overhead(MiB) + MiB for p in on_disk)
     assert sum(r["disk"]["evictions"] for r in reports) > 0
     usage = DiskTier(cache_dir, limit, make_policy("lru")).usage()
     assert usage == real, (usage, real)
@@ -297,7 +298,7 @@ def test_usage_counter_exact_when_publishes_race_an_eviction(tmp_path):
     counter must equal the bytes on disk afterwards.
     """
     size = 64 * 1024
-    entry = CHUNK_HEADER.size + size
+    entry = record_overhead(size) + size
     limit = 40 * entry
     root = tmp_path / "cache"
     tier = DiskTier(root, limit, make_policy("lru"))

@@ -2,8 +2,9 @@
 
 A chunk named by its digest ``d`` lives at ``chunks/<d[:2]>/<d>``. Every
 operation goes through a shard's directory descriptor opened without
-following symlinks (:func:`open_shard`); the budget counts the chunk files
-:func:`scan_chunks` finds and nothing else.
+following symlinks (:func:`open_shard`, or kept open by :class:`DirCache`);
+the budget counts the chunk files :func:`scan_chunks` finds and nothing
+else.
 """
 
 from __future__ import annotations
@@ -13,14 +14,26 @@ import errno
 import logging
 import os
 import re
+import resource
+import shutil
 import stat
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from cachefs.policy import DiskEntry
 from cachefs.tiers.dirs import NOFOLLOW, open_dir
 
-__all__ = ["is_chunk_name", "open_shard", "scan_chunks", "write_new"]
+__all__ = [
+    "DirCache",
+    "WriteRefusals",
+    "is_chunk_name",
+    "link_chunk",
+    "open_shard",
+    "scan_chunks",
+    "write_new",
+]
 
 log = logging.getLogger("cachefs.tiers.disk")
 
@@ -77,6 +90,125 @@ def open_shard(chunks: Path, digest: str, *, create: bool) -> Iterator[int | Non
         yield dfd
     finally:
         os.close(dfd)
+
+
+def kept_dirs() -> int:
+    """Return how many directory descriptors a tier keeps open at most.
+
+    An eighth of the soft ``RLIMIT_NOFILE``, at most all 256 shards and
+    ``tmp/``: the maps (a quarter) and the rest of the process need theirs.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 257
+    return max(2, min(257, soft // 8))
+
+
+class DirCache:
+    """Descriptors of a tier's ``chunks/`` shards and ``tmp/``, kept open.
+
+    Opening a directory for each chunk read or written cost four opens and
+    closes per chunk; these stay open for the tier's life. A directory
+    removed under a kept descriptor (``rm -r``, a symlink planted in its
+    place) is noticed when an operation through it finds nothing
+    (:meth:`stale`), and opened again, never followed. A replaced
+    descriptor is not closed while the tier lives: another thread may be
+    using it, and a closed number can be reused by any open.
+
+    Parameters
+    ----------
+    chunks, tmp
+        The tier's ``chunks/`` and ``tmp/`` directories.
+    """
+
+    def __init__(self, chunks: Path, tmp: Path) -> None:
+        self.chunks = chunks
+        self.tmp_path = tmp
+        self._fds: dict[str, int] = {}
+        self._retired: list[int] = []
+        self._lock = threading.Lock()
+        #: Directories this cache opened (a count tests and benchmarks read).
+        self.opens = 0
+
+    @contextlib.contextmanager
+    def shard(self, digest: str, *, create: bool) -> Iterator[int | None]:
+        """Yield the descriptor of ``digest``'s shard; ``None`` if missing.
+
+        With ``create``, a missing shard is made (and a symlink or stray
+        file in its place replaced, see :func:`open_shard`). Kept open for
+        later calls while fewer than :func:`kept_dirs` are; past that,
+        opened for this call only.
+        """
+        fd = self._fds.get(digest[:2])
+        if fd is not None:
+            yield fd
+            return
+        with self._lock:
+            fd = self._fds.get(digest[:2])
+            if fd is None and len(self._fds) < kept_dirs():
+                fd = self._open_shard(digest, create=create)
+                if fd is not None:
+                    self._fds[digest[:2]] = fd
+        if fd is not None:
+            yield fd
+            return
+        with open_shard(self.chunks, digest, create=create) as dfd:
+            yield dfd
+
+    def tmp(self) -> int:
+        """Return the descriptor of ``tmp/`` (raises ``OSError`` if unusable)."""
+        fd = self._fds.get("tmp")
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get("tmp")
+                if fd is None:
+                    fd = self._fds["tmp"] = open_dir(self.tmp_path)
+                    self.opens += 1
+        return fd
+
+    def stale(self, name: str) -> bool:
+        """Forget the kept ``name`` (a shard, or ``"tmp"``) if it was removed.
+
+        Returns whether it was: the next use opens the directory again.
+        """
+        fd = self._fds.get(name)
+        if fd is None:
+            return False
+        try:
+            gone = os.fstat(fd).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:
+            with self._lock:
+                if self._fds.get(name) == fd:
+                    del self._fds[name]
+                    self._retired.append(fd)
+        return gone
+
+    def forget_all(self) -> None:
+        """Reopen every directory on next use (after a clear)."""
+        with self._lock:
+            self._retired.extend(self._fds.values())
+            self._fds.clear()
+
+    def after_fork(self) -> None:
+        """Replace the lock, which another thread may have held at fork."""
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every descriptor (the tier is going away)."""
+        for fd in [*self._fds.values(), *self._retired]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._retired.clear()
+
+    def _open_shard(self, digest: str, *, create: bool) -> int | None:
+        with open_shard(self.chunks, digest, create=create) as dfd:
+            if dfd is None:
+                return None
+            self.opens += 1
+            return os.dup(dfd)
 
 
 def chunk_entries(
@@ -140,3 +272,80 @@ def write_new(dfd: int, name: str, header: bytes, payload: memoryview) -> None:
                 todo[0] = todo[0][written:]
     finally:
         os.close(fd)
+
+
+def link_chunk(dirs: DirCache, tfd: int, tmp: str, digest: str) -> bool:
+    """Link ``tmp`` (in ``tfd``) into ``digest``'s shard; whether it is new.
+
+    ``False`` when a chunk file of that name is already there (a concurrent
+    writer of the same chunk); a directory or symlink planted in its place
+    is removed, never followed, and the link made.
+    """
+    for attempt in range(2):
+        with dirs.shard(digest, create=True) as dfd:
+            assert dfd is not None
+            try:
+                os.link(
+                    tmp, digest, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False
+                )
+                return True
+            except FileExistsError:
+                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    return False
+                if stat.S_ISDIR(st.st_mode):  # not ours: a planted directory
+                    shutil.rmtree(digest, dir_fd=dfd)
+                else:  # not ours: a planted link
+                    os.unlink(digest, dir_fd=dfd)
+            except FileNotFoundError:
+                # The shard (or tmp/) was removed under us: open it again.
+                if attempt or not (dirs.stale(digest[:2]) or dirs.stale("tmp")):
+                    raise
+    raise FileExistsError(errno.EEXIST, "a chunk's name is taken", digest)
+
+
+class WriteRefusals:
+    """The chunk writes a cache directory refused (full, read-only, ...).
+
+    Each cause (errno) is logged once, a full disk warned about once; the
+    reader goes on from the origin.
+
+    Parameters
+    ----------
+    root
+        The cache directory, named in the messages.
+
+    Attributes
+    ----------
+    last
+        The latest refusal, or ``None``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.last: OSError | None = None
+        self._logged: set[int | None] = set()
+        self._full_warned = False
+
+    def note(self, exc: OSError) -> None:
+        """Keep, log (once per errno) and warn about (a full disk) ``exc``."""
+        self.last = exc
+        if exc.errno not in self._logged:
+            self._logged.add(exc.errno)
+            name = errno.errorcode.get(exc.errno or 0, "?")
+            log.warning(
+                "cachefs: cache_dir %s refused a chunk write: %s (errno %s %s); "
+                "reading on without caching those chunks",
+                self.root,
+                exc.strerror or exc,
+                exc.errno,
+                name,
+            )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not self._full_warned:
+            self._full_warned = True
+            warnings.warn(
+                f"cachefs: cache_dir {str(self.root)!r} is full ({exc.strerror}); "
+                "reading on without caching to it",
+                ResourceWarning,
+                stacklevel=6,
+            )

@@ -8,20 +8,25 @@ Layout under the tier's root (created 0700)::
     usage                     the node-wide byte counter (flock-guarded)
 
 A chunk file becomes visible only complete (written under ``tmp/``, then
-hard-linked into place), carries a CRC32C bound to its key and is verified
-the first time a process maps it; a damaged file is removed and counted,
-never served. Hits are ``mmap`` slices: no copy, no system call after the
-first.
+hard-linked into place under the usage lock, where it is also admitted),
+and carries a CRC32C per block, bound to its key (:mod:`cachefs.tiers.record`).
+A reader verifies the blocks it reads, the first time it reads them
+(:meth:`DiskTier.get_span`; :meth:`DiskTier.get` verifies all); a damaged
+file is removed and counted, never served. Hits are ``mmap`` slices: no
+copy, no system call after the first.
 
 Every file operation goes through a directory descriptor opened without
-following symlinks, so nothing outside the cache directory is read, written
-or removed. The directory and its subdirectories must be the user's own and
-writable by no one else, and chunk files must be the user's; otherwise the
+following symlinks and kept open (:class:`~cachefs.tiers.chunkfiles.DirCache`),
+so nothing outside the cache directory is read, written or removed. The
+directory and its subdirectories must be the user's own and writable by no
+one else, and chunk files must be the user's; otherwise the
 tier refuses them unless built with ``trust_cache_dir=True``.
 
 Each mapping holds a file descriptor (CPython's ``mmap`` duplicates it), so
 the maps a process keeps are bounded process-wide, well under its
-``RLIMIT_NOFILE``; past the bound a hit is read with ``pread`` instead.
+``RLIMIT_NOFILE``, and so are the bytes they map (under ``RLIMIT_AS``);
+past either bound, or when the kernel refuses a map, a hit is read with
+``pread`` instead.
 
 With a numcodecs codec, chunks that compress are stored compressed and the
 codec's JSON config is recorded in the file, so a cache written with one
@@ -34,22 +39,27 @@ import contextlib
 import errno
 import hashlib
 import logging
-import mmap
 import os
 import secrets
-import shutil
 import stat
 import threading
 import time
-import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cachefs.chunks import ChunkKey, parse_flag  # parse_flag: re-export
 from cachefs.policy import EvictionPolicy
 from cachefs.tiers.base import TierStats
-from cachefs.tiers.chunkfiles import is_chunk_name, open_shard, scan_chunks, write_new
+from cachefs.tiers.chunkfiles import (
+    DirCache,
+    WriteRefusals,
+    is_chunk_name,
+    link_chunk,
+    scan_chunks,
+    write_new,
+)
 from cachefs.tiers.dirs import (
     NOFOLLOW,
     TRUST_HINT,
@@ -61,8 +71,8 @@ from cachefs.tiers.dirs import (
     secure_dir,
 )
 from cachefs.tiers.locks import StripeLock
-from cachefs.tiers.maps import MAPS, map_limit, pread_all
-from cachefs.tiers.record import CHUNK_HEADER, RecordCodec
+from cachefs.tiers.maps import MAPS, map_file, map_limit, pread_all
+from cachefs.tiers.record import CHUNK_HEADER, BlockCheck, RecordCodec
 from cachefs.tiers.usage import UsageCounter
 
 if TYPE_CHECKING:
@@ -87,9 +97,8 @@ log = logging.getLogger(__name__)
 _LOW_WATERMARK = 0.95
 # A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
 _TOUCH_INTERVAL = 5.0
-# A chunk is read whole once when mapped (its checksum), so its pages are
-# faulted in by the kernel in one call rather than one fault per page.
-_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# The smallest record (a format 2 header); shorter files are damage.
+_MIN_RECORD = 32
 
 
 class DiskTier:
@@ -139,21 +148,34 @@ class DiskTier:
         self.max_maps = max_maps
         self.codec = codec
         self.trust_cache_dir = trust_cache_dir
-        self.last_refusal: OSError | None = None
+        #: Payload bytes readers had verified against their block CRC32Cs.
+        self.verified_bytes = 0
         self._records = RecordCodec(codec)
         for sub in ("", "chunks", "tmp", "locks"):
             secure_dir(self.root / sub if sub else self.root, trust=trust_cache_dir)
         self._chunks = self.root / "chunks"
         self._tmp = self.root / "tmp"
         self._locks = self.root / "locks"
+        self._dirs = DirCache(self._chunks, self._tmp)
         self._usage = UsageCounter(self.root / "usage")
-        self._maps: OrderedDict[str, tuple[memoryview, float]] = OrderedDict()
+        # digest -> (payload view, last touch, blocks still unverified or None)
+        self._maps: OrderedDict[str, tuple[memoryview, float, BlockCheck | None]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
-        self._full_warned = False
-        self._refusals_logged: set[int | None] = set()
+        self._refusals = WriteRefusals(self.root)
         self._uid = os.geteuid()
         MAPS.holders.add(self)
         clean_tmp(self._tmp)
+
+    @property
+    def dir_opens(self) -> int:
+        """Directories this tier opened: a handful per process, not per chunk."""
+        return self._dirs.opens
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._dirs.close()
 
     # -- reads ---------------------------------------------------------------
 
@@ -162,7 +184,27 @@ class DiskTier:
         return self._chunks / digest[:2] / digest
 
     def get(self, key: ChunkKey) -> memoryview | None:
-        """Return a view of the chunk's payload, or ``None``.
+        """Return a view of the chunk's payload, all of it verified, or ``None``.
+
+        Raises
+        ------
+        PermissionError
+            If the chunk's file belongs to another user (see
+            ``trust_cache_dir``).
+        """
+        found = self.get_span(key, 0, None)
+        return None if found is None else found[0]
+
+    def get_span(
+        self, key: ChunkKey, lo: int, hi: int | None
+    ) -> tuple[memoryview, bool] | None:
+        """Return the chunk's payload with bytes ``[lo, hi)`` verified, or ``None``.
+
+        The flag says whether all of it is verified: without it, only
+        ``view[lo:hi]`` may be read, and a later read of other bytes asks
+        again (each block is checked once per map). ``hi`` ``None`` means
+        the end, so the whole chunk is verified. A block that fails its
+        check drops the chunk: the reader fetches it again.
 
         Raises
         ------
@@ -172,8 +214,14 @@ class DiskTier:
         """
         digest = key.digest
         entry = self._maps.get(digest)
-        if entry is not None:
-            view, touched = entry
+        if entry is None:
+            loaded = self._map(digest, key.length, lo, hi)
+            if loaded is None:
+                self.stats.misses += 1
+                return None
+            view, blocks = loaded
+        else:
+            view, touched, blocks = entry
             now = time.monotonic()
             if now - touched > _TOUCH_INTERVAL:
                 self._touch(digest, now)
@@ -181,16 +229,23 @@ class DiskTier:
                 self._maps.move_to_end(digest)
             except KeyError:  # unmapped by another thread meanwhile
                 pass
-            self.stats.hits += 1
-            self.stats.hit_bytes += view.nbytes
-            return view
-        loaded = self._map(digest, key.length)
-        if loaded is None:
-            self.stats.misses += 1
-            return None
+        whole = True
+        if blocks is not None:
+            before = blocks.checked
+            sound = blocks.verify(lo, hi)
+            self.verified_bytes += blocks.checked - before
+            if not sound:
+                self._drop_damaged(digest, blocks.why)
+                self.stats.misses += 1
+                return None
+            whole = blocks.complete
+            if whole:
+                with self._lock:
+                    if digest in self._maps:
+                        self._maps[digest] = (view, time.monotonic(), None)
         self.stats.hits += 1
-        self.stats.hit_bytes += loaded.nbytes
-        return loaded
+        self.stats.hit_bytes += view.nbytes
+        return view, whole
 
     def tier_for(self, key: ChunkKey) -> DiskTier:
         """Return this tier: it stores every key it is given."""
@@ -205,33 +260,43 @@ class DiskTier:
         digest = key.digest
         if digest in self._maps:
             return True
-        with self._shard(digest, create=False) as dfd:
-            if dfd is None:
-                return False
-            try:
-                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            return stat.S_ISREG(st.st_mode)
+        for _ in range(2):
+            with self._dirs.shard(digest, create=False) as dfd:
+                if dfd is None:
+                    return False
+                try:
+                    st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if self._dirs.stale(digest[:2]):
+                        continue  # the shard was removed under us: look again
+                    return False
+                return stat.S_ISREG(st.st_mode)
+        return False
 
-    def _shard(
-        self, digest: str, *, create: bool
-    ) -> contextlib.AbstractContextManager[int | None]:
-        """Open the chunk's shard directory (see :func:`open_shard`)."""
-        return open_shard(self._chunks, digest, create=create)
+    def _open_chunk(self, digest: str) -> int | None:
+        """Open the chunk file read-only, never through a symlink."""
+        for _ in range(2):
+            with self._dirs.shard(digest, create=False) as dfd:
+                if dfd is None:
+                    return None
+                try:
+                    return os.open(digest, os.O_RDONLY | NOFOLLOW, dir_fd=dfd)
+                except FileNotFoundError:
+                    if not self._dirs.stale(digest[:2]):
+                        return None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        self._drop_damaged(digest, "is a symlink")
+                    return None
+        return None
 
-    def _map(self, digest: str, expected: int) -> memoryview | None:
-        with self._shard(digest, create=False) as dfd:
-            if dfd is None:
-                return None
-            try:
-                fd = os.open(digest, os.O_RDONLY | NOFOLLOW, dir_fd=dfd)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    self._drop_damaged(digest, "is a symlink")
-                return None
+    def _map(
+        self, digest: str, expected: int, lo: int, hi: int | None
+    ) -> tuple[memoryview, BlockCheck | None] | None:
+        fd = self._open_chunk(digest)
+        if fd is None:
+            return None
+        lazy = lo > 0 or hi is not None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -245,23 +310,23 @@ class DiskTier:
                     f"`chown -R {self._uid}` it, {TRUST_HINT}"
                 )
             size = st.st_size
-            if size < CHUNK_HEADER.size:
+            if size < _MIN_RECORD:
                 self._drop_damaged(digest, "is truncated")
                 return None
             limit = min(self.max_maps, map_limit())
-            mapped: mmap.mmap | None = None
-            if MAPS.make_room(self, limit):
-                mapped = mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
-                MAPS.opened(mapped)
+            mapped = map_file(fd, size, self, limit, populate=not lazy)
+            if mapped is not None:
                 view = memoryview(mapped)
             else:
-                # Consumers hold every map we may keep: read a copy, keep no
-                # descriptor.
+                # Consumers hold every map we may keep, or the kernel refused
+                # one: read a copy, keep no descriptor, verify it whole.
                 view = memoryview(pread_all(fd, size))
+                lazy = False
         finally:
             os.close(fd)
-        record, why = RecordCodec.check(view, expected, digest)
+        record, why = RecordCodec.check(view, expected, digest, lazy=lazy)
         chunk: memoryview | None = None
+        blocks: BlockCheck | None = None
         raw = False
         if record is not None:
             if record.compressed:
@@ -270,7 +335,9 @@ class DiskTier:
                 if chunk is None:
                     why = "does not decompress to its length"
             else:
-                chunk, raw = record.payload, True
+                chunk, raw, blocks = record.payload, True, record.blocks
+        if blocks is None and chunk is not None:
+            self.verified_bytes += chunk.nbytes  # checked whole just now
         record = None
         now = time.monotonic()
         if mapped is not None and not raw:
@@ -282,11 +349,11 @@ class DiskTier:
         self._touch(digest, now)
         if raw and mapped is not None:
             with self._lock:
-                self._maps[digest] = (chunk, now)
+                self._maps[digest] = (chunk, now, blocks)
                 while len(self._maps) > limit:
                     # The mapping closes once no consumer holds a view of it.
                     self._maps.popitem(last=False)
-        return chunk
+        return chunk, blocks
 
     def unmap_oldest(self) -> bool:
         """Drop this tier's least recently used map; whether one was held."""
@@ -297,12 +364,15 @@ class DiskTier:
         return True
 
     def _touch(self, digest: str, now: float) -> None:
-        with contextlib.suppress(OSError), self._shard(digest, create=False) as dfd:
+        with (
+            contextlib.suppress(OSError),
+            self._dirs.shard(digest, create=False) as dfd,
+        ):
             if dfd is not None:
                 os.utime(digest, dir_fd=dfd, follow_symlinks=False)
         entry = self._maps.get(digest)
         if entry is not None:
-            self._maps[digest] = (entry[0], now)
+            self._maps[digest] = (entry[0], now, entry[2])
 
     def _drop_damaged(self, digest: str, why: str) -> None:
         self.stats.checksum_failures += 1
@@ -319,7 +389,10 @@ class DiskTier:
         """
         with self._lock:
             self._maps.pop(digest, None)
-        with self._usage.locked() as ufd, self._shard(digest, create=False) as dfd:
+        with (
+            self._usage.locked() as ufd,
+            self._dirs.shard(digest, create=False) as dfd,
+        ):
             if dfd is None:
                 return False
             st = remove_entry(digest, dfd)
@@ -339,95 +412,98 @@ class DiskTier:
         :attr:`last_refusal`, logged once per errno (and a full disk warned
         about once), and reads go on from the origin.
         """
-        length = memoryview(data).nbytes
-        digest = key.digest
-        head, payload = self._records.encode(memoryview(data).cast("B"), digest)
-        size = len(head) + payload.nbytes
-        if not self.policy.admit(size, self.usage(), self.limit):
-            self.stats.rejected += 1
-            return False
-        tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
+        return self.put_many([(key, data)])[0]
+
+    def put_many(self, items: Sequence[tuple[ChunkKey, Buffer]]) -> list[bool]:
+        """Write several chunks, publishing them under one usage lock.
+
+        Each is written to its own file under ``tmp/`` in one ``writev``,
+        then admitted by the policy against the usage counted under the
+        lock (so concurrent writers cannot overshoot the budget), linked
+        into place and counted. Returns whether each is now stored.
+        """
+        stored = [False] * len(items)
+        usage = self.usage()
+        written: list[tuple[int, str, str, int, int]] = []
         try:
-            tfd = open_dir(self._tmp)
+            for i, (key, data) in enumerate(items):
+                view = memoryview(data).cast("B")
+                head, payload = self._records.encode(view, key.digest)
+                size = len(head) + payload.nbytes
+                if not self.policy.admit(size, usage, self.limit):
+                    self.stats.rejected += 1
+                    continue
+                tmp = self._write_tmp(key.digest, head, payload)
+                if tmp is not None:
+                    written.append((i, tmp, key.digest, size, view.nbytes))
+            if written:
+                self._publish(written, stored)
         except OSError as exc:
             self._refused(exc)
-            return False
-        try:
-            write_new(tfd, tmp, head, payload)
-            published = self._publish(tfd, tmp, digest, size)
-        except OSError as exc:
-            self._refused(exc)
-            return False
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=tfd)
-            os.close(tfd)
-        if published:
-            self.stats.puts += 1
-            self.stats.put_bytes += length
-        return True
+            for _, tmp, *_rest in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=self._dirs.tmp())
+        return stored
+
+    def _write_tmp(self, digest: str, head: bytes, payload: memoryview) -> str | None:
+        """Write a record to a new file in ``tmp/``; its name, or ``None``."""
+        tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
+        for attempt in range(2):
+            try:
+                write_new(self._dirs.tmp(), tmp, head, payload)
+            except FileNotFoundError as exc:
+                if attempt or not self._dirs.stale("tmp"):
+                    self._refused(exc)
+                    return None
+                continue  # tmp/ was removed under us: open it again
+            except OSError as exc:
+                self._refused(exc)
+                return None
+            return tmp
+        return None
 
     def _refused(self, exc: OSError) -> None:
         """Count and report a write the disk refused."""
         self.stats.rejected += 1
-        self.last_refusal = exc
-        if exc.errno not in self._refusals_logged:
-            self._refusals_logged.add(exc.errno)
-            name = errno.errorcode.get(exc.errno or 0, "?")
-            log.warning(
-                "cachefs: cache_dir %s refused a chunk write: %s (errno %s %s); "
-                "reading on without caching those chunks",
-                self.root,
-                exc.strerror or exc,
-                exc.errno,
-                name,
-            )
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            self._warn_full(exc)
+        self._refusals.note(exc)
 
-    def _publish(self, tfd: int, tmp: str, digest: str, size: int) -> bool:
-        """Link ``tmp`` into place and count it, in one locked step.
+    @property
+    def last_refusal(self) -> OSError | None:
+        """The latest ``OSError`` a chunk write met, or ``None``."""
+        return self._refusals.last
 
-        ``link`` publishes only if absent, so a concurrent writer of the same
-        chunk is not counted twice; doing it under the usage lock keeps the
-        counter equal to the files an eviction scan sees.
+    def _publish(
+        self, written: list[tuple[int, str, str, int, int]], stored: list[bool]
+    ) -> None:
+        """Admit, link and count written records, in one locked step.
+
+        Admission sees the usage every process has counted: decided
+        outside the lock, writers racing for the last room would all get
+        in and evict one another. ``link`` publishes only if absent, so a
+        concurrent writer of the same chunk is not counted twice; doing it
+        under the usage lock keeps the counter equal to the files an
+        eviction scan sees.
         """
-        with self._usage.locked() as ufd, self._shard(digest, create=True) as dfd:
-            assert dfd is not None
-            try:
-                os.link(
-                    tmp, digest, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False
-                )
-            except FileExistsError:
-                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    return False
-                if stat.S_ISDIR(st.st_mode):  # not ours: a planted directory
-                    shutil.rmtree(digest, dir_fd=dfd)
-                else:  # not ours: a planted link
-                    os.unlink(digest, dir_fd=dfd)
-                os.link(
-                    tmp, digest, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False
-                )
+        with self._usage.locked() as ufd:
             counted = self._usage.read_raw(ufd)
             if counted is not None:
-                usage = counted + size
-            else:  # no counter yet: the scan sees the new file too
+                usage = counted
+            else:  # no counter yet: scan what is there
                 usage = sum(e.size for e in scan_chunks(self._chunks))
+            tfd = self._dirs.tmp()
+            for i, tmp, digest, size, length in written:
+                if not self.policy.admit(size, usage, self.limit):
+                    self.stats.rejected += 1
+                    continue
+                stored[i] = True
+                if link_chunk(self._dirs, tfd, tmp, digest):
+                    usage += size
+                    self.stats.puts += 1
+                    self.stats.put_bytes += length
             if usage > self.limit:
                 usage = self._evict_locked()
             self._usage.write(ufd, usage)
-        return True
-
-    def _warn_full(self, exc: OSError) -> None:
-        if not self._full_warned:
-            self._full_warned = True
-            warnings.warn(
-                f"cachefs: cache_dir {str(self.root)!r} is full ({exc.strerror}); "
-                "reading on without caching to it",
-                ResourceWarning,
-                stacklevel=4,
-            )
 
     def discard(self, key: ChunkKey) -> None:
         """Remove the chunk's file if present."""
@@ -450,6 +526,7 @@ class DiskTier:
                             remove_below(self._chunks, [name])
                 finally:
                     os.close(cfd)
+            self._dirs.forget_all()  # the shards kept open are gone
             self._usage.write(fd, 0)
 
     # -- budget --------------------------------------------------------------
@@ -493,7 +570,7 @@ class DiskTier:
         return usage
 
     def _unlink_chunk(self, digest: str) -> bool:
-        with self._shard(digest, create=False) as dfd:
+        with self._dirs.shard(digest, create=False) as dfd:
             if dfd is None:
                 return False
             try:
@@ -520,8 +597,9 @@ class DiskTier:
     # -- housekeeping --------------------------------------------------------
 
     def after_fork(self) -> None:
-        """Replace the lock, which another thread may have held at fork."""
+        """Replace the locks, which another thread may have held at fork."""
         self._lock = threading.Lock()
+        self._dirs.after_fork()
 
     # The layout read from outside (the ``cachefs`` command, which changes
     # nothing but on request) is :mod:`cachefs.tiers.layout`.
