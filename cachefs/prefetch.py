@@ -44,6 +44,10 @@ class PrefetchHandle:
         Fetches the chunks into the staging area.
     items
         Target paths, or ``(path, start, end)``, in the order they are read.
+    depth
+        Batches kept in flight at once (default :data:`DEPTH`: the next
+        shard first, for a reader; ``cachefs warm``, which has none, keeps
+        ``-j`` in flight).
 
     Attributes
     ----------
@@ -60,7 +64,12 @@ class PrefetchHandle:
         resolver: VersionResolver,
         router: ChunkRouter,
         items: Sequence[PrefetchItem],
+        *,
+        depth: int = DEPTH,
     ) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
         self.resolver = resolver
         self.router = router
         self.items = list(items)
@@ -159,7 +168,7 @@ class PrefetchHandle:
     async def run(self) -> None:
         """Fetch the items in order (runs on the filesystem's loop).
 
-        At most :data:`DEPTH` batches of known files are in flight at once,
+        At most ``depth`` batches of known files are in flight at once,
         so the next shard arrives first rather than all shards sharing the
         bandwidth. A new file's first batch also tells its version (no HEAD)
         where that is allowed; the first batches of the next files (up to
@@ -230,7 +239,7 @@ class PrefetchHandle:
                 self.total_bytes += hi - lo
                 keys = resolver.keys(version, lo, hi)
                 for g in range(0, len(keys), group):
-                    while len(in_flight) >= DEPTH:
+                    while len(in_flight) >= self.depth:
                         await in_flight.popleft()
                     if i <= self._reader_at:
                         break  # the reader caught up: it reads the rest

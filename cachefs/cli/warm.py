@@ -1,12 +1,13 @@
 """``cachefs warm``: fetch files into the node's cache ahead of training.
 
 URLs are expanded on the target (globs, directory prefixes; a URL that
-names an existing path is taken literally, ``[``, ``?`` and ``*`` included),
-sorted, and
-split between ranks with :meth:`cachefs.data.world.World.rank_share` — the
-split the datasets use — so each node warms exactly its ranks' shards. The
-files are fetched with :meth:`CacheFileSystem.prefetch`, which skips chunks
-already on disk: a second warm costs no origin bytes.
+names an existing path is taken literally, ``[``, ``?`` and ``*``
+included), sorted, and split between ranks with
+:meth:`cachefs.data.world.World.rank_share` — the split the datasets use —
+so each node warms exactly its ranks' shards. The
+files are fetched as :meth:`CacheFileSystem.prefetch` fetches them (chunks
+already on disk are skipped: a second warm costs no origin bytes), with
+``-j`` requests in flight.
 """
 
 from __future__ import annotations
@@ -375,7 +376,7 @@ def _warm(
     def moved() -> int:
         return int(fs.cache_stats()["origin"]["bytes"]) - base
 
-    handle = fs.prefetch([v.path for v in versions]) if versions else None
+    handle = _fetch_all(fs, versions, jobs) if versions else None
     try:
         if handle is not None:
             heartbeat.probe = lambda: _bytes_of(fs, handle)
@@ -410,6 +411,24 @@ def _warm(
     if result.incomplete:
         result.disk_error = disk_refusal(fs)
     return result
+
+
+def _fetch_all(
+    fs: CacheFileSystem, versions: Sequence[FileVersion], jobs: int
+) -> PrefetchHandle:
+    """Start fetching every chunk of ``versions``, ``jobs`` batches at once.
+
+    ``fs.prefetch`` keeps two batches in flight, so that a reader's next
+    shard arrives first; a warm has no reader, and ``-j`` asks for ``jobs``
+    requests in flight (each batch is one coalesced request).
+    """
+    if fs.router.staging is None:
+        raise ValueError("warm needs prefetch, but prefetch_limit is 0")
+    handle = PrefetchHandle(
+        fs.resolver, fs.router, [v.path for v in versions], depth=jobs
+    )
+    handle.start(None if fs.asynchronous else fs.loop)
+    return handle
 
 
 def _bytes_of(fs: CacheFileSystem, handle: PrefetchHandle) -> str | None:
