@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cachefs.__main__",
             "cachefs.cli",
             "cachefs.testing",
+            "cachefs.process_wide",
             "cachefs.upath",
             "cachefs.wds",
         ),
