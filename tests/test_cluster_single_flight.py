@@ -177,3 +177,31 @@ def test_engines_without_an_atomic_create_get_no_leases(tmp_path):
             shared_lease=-1,
             skip_instance_cache=True,
         )
+
+
+def test_a_slow_lease_holder_renews_its_lease_and_fetches_once(tmp_path):
+    """The origin answers after 2.5 s, longer than the 1 s lease: the holder
+    renews its lease while it fetches, so the other node waits for it
+    instead of taking the lease over; the chunk leaves the origin once (the
+    old code let the lease expire and fetched it twice)."""
+    lease = 1.0
+    data = os.urandom(MiB)  # one chunk
+    shared = f"file://{tmp_path / 'shared'}"
+    with HTTPOrigin(files={"one.bin": data}, latency=2.5) as origin:
+        url = origin.url_for("one.bin")
+        start = time.time() + 8.0  # imported and info() done (2.5 s): then both
+        procs = [
+            start_node(url, tmp_path / f"node-{i}", shared, lease, start)
+            for i in range(2)
+        ]
+        results = [finish(p) for p in procs]
+        sent = origin.stats.bytes_sent
+    want = hashlib.sha256(data).hexdigest()
+    assert [r["digest"] for r in results] == [want] * 2
+    stats = [r["stats"]["shared"] for r in results]
+    print(f"slow holder: reads took {[round(r['elapsed'], 2) for r in results]} s")
+    assert sent == len(data)  # fetched once, not twice
+    assert sum(s["leases"] for s in stats) == 1
+    assert sum(s["lease_renewals"] for s in stats) >= 2
+    assert sum(s["lease_takeovers"] for s in stats) == 0
+    assert sum(s["lease_waits"] for s in stats) == 1  # and it waited
