@@ -340,3 +340,46 @@ def test_warm_against_a_black_hole_ends_with_one_line(
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "request_timeout=0.5" in proc.stderr and "blackhole" in proc.stderr
+
+
+# -- every case above goes through the direct receive client --------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "direct"),
+    [
+        ("plain", True),
+        ("noetag", True),
+        ("norange", True),
+        ("gzip", True),
+        ("chunked", False),  # handed to aiohttp: nothing delivered before
+        ("shift", False),
+        ("gzipalways", False),
+        ("short", False),
+        ("reset", False),
+    ],
+)
+def test_the_direct_client_reads_or_refuses_each_case(
+    bad: MisbehavingOrigin,
+    make: Callable[..., CacheFileSystem],
+    mode: str,
+    direct: bool,
+) -> None:
+    data = payload(700_000, 14)
+    bad.put(f"direct-{mode}.bin", data)
+    fs = make(readahead=0)
+    url = bad.url(mode, f"direct-{mode}.bin")
+    try:
+        got: bytes | None = bounded(lambda: fs.cat_file(url, 100_000, 600_000))
+    except OSError:
+        got = None
+    fs.wait_idle()
+    stats = fs.cache_stats()["origin"]
+    assert stats["connections"] >= 1, "the direct client sent no request"
+    if direct:
+        assert got == data[100_000:600_000] and stats["direct"] >= 1
+    elif mode == "chunked":
+        assert got == data[100_000:600_000] and stats["direct"] == 0
+    else:
+        assert got is None and stats["direct"] == 0
+    fs.close()
