@@ -33,7 +33,7 @@ from cachefs.tiers.base import NodeTier
 __all__ = ["WRITER", "DiskWriter", "WriterStats"]
 
 #: Bytes of chunks queued or being written at most, per process.
-DEFAULT_LIMIT = 64 * 2**20
+DEFAULT_LIMIT = 32 * 2**20
 # The thread ends after this long without work (a new one starts on demand).
 _IDLE_SECONDS = 5.0
 
