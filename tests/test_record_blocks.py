@@ -1,0 +1,185 @@
+"""Chunk records with a CRC32C per block (format 3), issue 20.
+
+A reader verifies the blocks it reads and no others; a damaged block is
+found when read, and the chunk dropped and fetched again; records of the
+previous format (2: one CRC32C over everything) are still read, verified
+whole, and older ones dropped cleanly. Publishing keeps its directories
+open: the opens are counted per shard, not per chunk.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import crc32c
+import pytest
+
+from cachefs import CacheFileSystem
+from cachefs.chunks import FileVersion
+from cachefs.policy import make_policy
+from cachefs.testing import HTTPOrigin
+from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.record import block_size, record_overhead
+
+MiB = 2**20
+CS = 4 * MiB
+BLOCK = block_size(CS)  # 16 KiB
+
+
+def blob(seed: int, size: int = CS) -> bytes:
+    piece = bytes((seed * 7 + i) % 251 for i in range(4096))
+    return (piece * (size // 4096 + 1))[:size]
+
+
+def tier_at(root: Path) -> DiskTier:
+    return DiskTier(root, 1 << 34, make_policy("lru"))
+
+
+def encode_v2(data: bytes, digest: str) -> bytes:
+    """The format 2 encoder, as it was: one CRC32C over key, header, payload."""
+    head = struct.Struct("<4sBBHIQQ4x")
+    fields = [b"CFSC", 2, 0, 0, 0, len(data), len(data)]
+    crc = crc32c.crc32c(head.pack(*fields), crc32c.crc32c(bytes.fromhex(digest)))
+    fields[4] = crc32c.crc32c(data, crc32c.crc32c(b"", crc))
+    return head.pack(*fields) + data
+
+
+def flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+KEY = FileVersion("http", "/blocks.bin", 8 * CS, "t").key(CS, 0)
+
+
+def test_a_random_read_verifies_only_the_blocks_it_touches(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    data = blob(1)
+    assert tier.put(KEY, data)
+    fresh = tier_at(tmp_path / "c")  # a new process: nothing verified yet
+    lo = 37 * BLOCK + 100
+    found = fresh.get_span(KEY, lo, lo + 4096)
+    assert found is not None
+    view, whole = found
+    assert not whole
+    assert view[lo : lo + 4096] == data[lo : lo + 4096]
+    assert fresh.verified_bytes == BLOCK  # one block of 256
+    # Straddling two blocks checks both; asking again checks nothing more.
+    edge = 40 * BLOCK - 10
+    assert fresh.get_span(KEY, edge, edge + 20) is not None
+    assert fresh.verified_bytes == 3 * BLOCK
+    assert fresh.get_span(KEY, lo, lo + 4096) is not None
+    assert fresh.verified_bytes == 3 * BLOCK
+    # A whole read verifies the rest, once.
+    assert fresh.get(KEY) == data
+    assert fresh.verified_bytes == CS
+    assert fresh.get_span(KEY, 0, 10) == (fresh.get(KEY), True)
+    assert fresh.verified_bytes == CS
+
+
+def test_a_damaged_block_is_found_when_read_and_the_chunk_dropped(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    data = blob(2)
+    assert tier.put(KEY, data)
+    path = tier.path_for(KEY.digest)
+    bad = 100
+    flip(path, record_overhead(CS) + bad * BLOCK + 5)
+    fresh = tier_at(tmp_path / "c")
+    # Other blocks read fine: the damage is not theirs.
+    found = fresh.get_span(KEY, 0, BLOCK)
+    assert found is not None and found[0][:BLOCK] == data[:BLOCK]
+    assert fresh.stats.checksum_failures == 0
+    # Reading the damaged block drops the chunk, file and map.
+    assert fresh.get_span(KEY, bad * BLOCK, bad * BLOCK + 1) is None
+    assert fresh.stats.checksum_failures == 1
+    assert not path.exists()
+    assert fresh.get(KEY) is None
+
+
+def test_a_damaged_block_is_fetched_again_through_the_filesystem(tmp_path):
+    data = blob(3) + blob(9)
+    with HTTPOrigin(files={"f.bin": data}) as origin:
+        url = origin.url_for("f.bin")
+        opts = {
+            "target_protocol": "http",
+            "cache_dir": str(tmp_path / "c"),
+            "chunk_size": CS,
+            "ram_limit": 0,
+            "skip_instance_cache": True,
+        }
+        fs = CacheFileSystem(**opts)
+        assert fs.cat_file(url) == data
+        fs.wait_idle()
+        fs.close()
+        (path,) = [p for p in (tmp_path / "c" / "chunks").rglob("*") if _first(p, data)]
+        flip(path, record_overhead(CS) + 7 * BLOCK)
+        origin.reset_stats()
+        fs = CacheFileSystem(**opts)
+        with fs.open(url, "rb") as f:
+            f.seek(7 * BLOCK)
+            assert f.read(4096) == data[7 * BLOCK : 7 * BLOCK + 4096]
+        assert fs.cache_stats()["disk"]["checksum_failures"] == 1
+        assert origin.stats.bytes_sent == CS  # that chunk, fetched again
+        fs.close()
+
+
+def _first(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is the chunk file holding ``data``'s first chunk."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        f.seek(record_overhead(CS))
+        return f.read(64) == data[:64]
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_format_2_records_are_read_whole_or_dropped(tmp_path, damaged):
+    tier = tier_at(tmp_path / "c")
+    data = blob(4, 64 * 1024)
+    key = FileVersion("http", "/old.bin", len(data), "t").key(len(data), 0)
+    record = bytearray(encode_v2(data, key.digest))
+    if damaged:
+        record[40] ^= 1
+    path = tier.path_for(key.digest)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(record)
+    path.chmod(0o600)
+    view = tier.get(key)
+    if damaged:
+        assert view is None and not path.exists()
+        assert tier.stats.checksum_failures == 1
+    else:
+        assert view == data
+        assert tier.stats.checksum_failures == 0
+
+
+def test_format_1_records_are_dropped(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    data = blob(5, 8192)
+    key = FileVersion("http", "/older.bin", len(data), "t").key(len(data), 0)
+    head = struct.pack("<4sBBHIQQ4x", b"CFSC", 1, 0, 0, crc32c.crc32c(data), 8192, 8192)
+    path = tier.path_for(key.digest)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(head + data)
+    assert tier.get(key) is None and not path.exists()
+    assert tier.stats.checksum_failures == 1
+
+
+def test_publishing_opens_each_directory_once(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    version = FileVersion("http", "/many.bin", 1 << 30, "t")
+    keys = [version.key(4096, i) for i in range(300)]
+    shards = {k.digest[:2] for k in keys}
+    stored = tier.put_many([(k, blob(k.index, 4096)) for k in keys[:150]])
+    assert all(stored)
+    for key in keys[150:]:
+        assert tier.put(key, blob(key.index, 4096))
+    # tmp/ and each shard once, however many chunks went in.
+    assert tier.dir_opens == len(shards) + 1
+    for key in keys:
+        assert tier.get(key) == blob(key.index, 4096)
+    assert tier.dir_opens == len(shards) + 1
