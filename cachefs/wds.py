@@ -12,10 +12,18 @@ way: forked ones inherit it, spawned ones re-run the script's imports.
 The file is opened with :func:`fsspec.open`, so the cache is configured the
 fsspec way (``FSSPEC_CACHEFS_*`` variables, ``~/.config/fsspec``) and every
 shard of a process goes through one cache instance.
+
+webdataset splits a URL *string* on ``::`` (its syntax for several shard
+lists), so ``WebDataset("cachefs::https://host/a.tar")`` would become a
+local file ``cachefs`` and an uncached ``https`` shard, fetched again every
+epoch. The same hook wraps ``webdataset.shardlists.expand_urls`` so that such
+a string fails at once with a :class:`ValueError` that says to pass a list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -28,6 +36,7 @@ import fsspec
 __all__ = ["gopen_cachefs", "install", "register"]
 
 _MODULE = "webdataset.gopen"
+_SHARDLISTS = "webdataset.shardlists"
 
 
 def gopen_cachefs(
@@ -49,10 +58,40 @@ def gopen_cachefs(
 
 
 def register(gopen: ModuleType) -> None:
-    """Add :func:`gopen_cachefs` to a ``webdataset.gopen`` module's schemes."""
+    """Add :func:`gopen_cachefs` to a ``webdataset.gopen`` module's schemes.
+
+    Also guards ``webdataset.shardlists.expand_urls`` against a single
+    ``cachefs::`` string (see the module's docstring).
+    """
     schemes = getattr(gopen, "gopen_schemes", None)
     if isinstance(schemes, dict):
         schemes.setdefault("cachefs", gopen_cachefs)
+    shardlists = sys.modules.get(_SHARDLISTS)
+    if shardlists is None:
+        with contextlib.suppress(ImportError):
+            shardlists = importlib.import_module(_SHARDLISTS)
+    if shardlists is not None:
+        guard_expand_urls(shardlists)
+
+
+def guard_expand_urls(shardlists: ModuleType) -> None:
+    """Make ``shardlists.expand_urls`` refuse one ``cachefs::`` string."""
+    expand = getattr(shardlists, "expand_urls", None)
+    if expand is None or getattr(expand, "_cachefs_guard", False):
+        return
+
+    def expand_urls(urls: Any) -> Any:
+        if isinstance(urls, str) and "cachefs::" in urls:
+            raise ValueError(
+                f"webdataset splits a URL string on '::', so {urls!r} would be "
+                "read as a local file 'cachefs' plus an uncached shard; pass "
+                f"a list instead: WebDataset([{urls!r}])"
+            )
+        return expand(urls)
+
+    expand_urls._cachefs_guard = True  # type: ignore[attr-defined]
+    expand_urls.__doc__ = expand.__doc__
+    shardlists.__dict__["expand_urls"] = expand_urls
 
 
 class _RegisterOnImport(importlib.abc.MetaPathFinder):

@@ -101,3 +101,39 @@ def test_webdataset_script_reads_through_the_cache(
         origin.reset_stats()
         assert sorted(run()) == want
         assert origin.stats.bytes_sent == 0  # served by the cache
+
+
+SINGLE = """
+import sys
+import cachefs
+import webdataset as wds
+
+try:
+    wds.WebDataset(sys.argv[1], shardshuffle=False, handler=wds.warn_and_continue)
+except ValueError as exc:
+    print("refused:", exc)
+else:
+    print("accepted")
+"""
+
+
+def test_a_single_cachefs_string_fails_loudly(tmp_path: Path) -> None:
+    # webdataset splits strings on '::': 'cachefs' became a local file and
+    # the https shard was read uncached (through curl) every epoch.
+    script = tmp_path / "single.py"
+    script.write_text(SINGLE)
+    proc = subprocess.run(
+        [sys.executable, str(script), "cachefs::https://host/data/shard-0000.tar"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused:"), proc.stdout
+    assert "pass a list" in proc.stdout
+    # Plain strings are expanded as before.
+    import webdataset as wds
+
+    import cachefs  # noqa: F401
+
+    assert wds.shardlists.expand_urls("a-{0..1}.tar") == ["a-0.tar", "a-1.tar"]
