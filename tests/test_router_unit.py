@@ -311,3 +311,28 @@ def test_a_diskset_stores_in_the_chunks_directory(tmp_path: Path) -> None:
     assert lock.try_acquire()
     assert not disks.tier_for(keys[0]).stripe_lock(keys[0]).try_acquire()
     lock.release()
+
+
+def test_a_wait_for_another_process_lasts_one_fetch_budget(tmp_path: Path) -> None:
+    from cachefs.tiers.locks import StripeLock
+    from cachefs.tiers.waits import Turn, fetch_budget, wait_turn
+
+    fetcher = Fetcher(fsspec.filesystem("memory"), retries=1, timeout=1.0)
+    assert fetch_budget(fetcher) == pytest.approx(2 + 1.5 * 0.05)
+    assert fetch_budget(Fetcher(fsspec.filesystem("memory"), timeout=None)) is None
+    (tmp_path / "locks").mkdir()
+    path = tmp_path / "locks" / "stripe"
+    other = StripeLock(path)  # its own descriptor: excludes as another process
+    assert other.try_acquire()
+
+    async def scenario() -> None:
+        began = asyncio.get_running_loop().time()
+        assert await wait_turn(StripeLock(path), 0.2) is Turn.WAITED_OUT
+        assert 0.2 <= asyncio.get_running_loop().time() - began < 5
+        assert await wait_turn(StripeLock(path), None, lambda: True) is Turn.DONE
+        asyncio.get_running_loop().call_later(0.05, other.release)
+        mine = StripeLock(path)
+        assert await wait_turn(mine, 5.0) is Turn.OURS and mine.held
+        mine.release()
+
+    asyncio.run(scenario())

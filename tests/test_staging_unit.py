@@ -196,3 +196,28 @@ def test_after_fork_starts_empty() -> None:
     staging.after_fork()
     assert key(0) not in staging and staging.stats.staged_bytes == 0
     assert staging.try_reserve(CHUNK)
+
+
+def test_a_staged_chunk_the_disk_holds_is_dropped_without_waiting_the_hold() -> None:
+    on_disk = {key(0)}
+    staging = Staging(limit=2 * CHUNK, hold=60.0, elsewhere=on_disk.__contains__)
+    for i in (0, 1):
+        assert staging.try_reserve(CHUNK)
+        staging.put(key(i), chunk(i))
+    assert staging.try_reserve(CHUNK)  # key(0) is on disk: its copy goes
+    assert key(0) not in staging and key(1) in staging
+    assert staging.stats.spilled == 1 and staging.stats.wasted == 0
+    assert not staging.try_reserve(CHUNK)  # key(1) is nowhere else: held
+
+
+async def test_a_reservation_wakes_when_a_staged_chunk_reaches_disk() -> None:
+    on_disk: set[ChunkKey] = set()
+    staging = Staging(limit=CHUNK, hold=60.0, elsewhere=on_disk.__contains__)
+    assert staging.try_reserve(CHUNK)
+    staging.put(key(0), chunk(0))
+    waiter = asyncio.ensure_future(staging.reserve(CHUNK))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    on_disk.add(key(0))  # its disk write ended, which signals nothing
+    await asyncio.wait_for(waiter, 5)  # polled: well within the hold
+    assert staging.stats.spilled == 1 and key(0) not in staging
