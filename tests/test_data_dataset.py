@@ -529,3 +529,39 @@ def test_braces_nest_step_and_pad_as_bash_does(fs, ds_origin, urls):
     ]
     with pytest.raises(ValueError, match="unbalanced braces"):
         expand_urls(base + "{0000,0001.tar", fs)
+
+
+# -- torch's default collate ---------------------------------------------------
+
+
+def _uneven_tar(shard: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i in range(6):
+            payload = bytes([shard, i]) * (100 + 37 * i)  # sizes differ
+            info = tarfile.TarInfo(f"{shard:02d}-{i:03d}.bin")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_default_collate_batches_samples_of_different_sizes(
+    fs: CacheFileSystem, workers: int
+) -> None:
+    # It failed with "each element in list of batch should be of equal size":
+    # default_collate took each memoryview for a sequence of ints.
+    files = {f"uneven/{s}.tar": _uneven_tar(s) for s in range(2)}
+    with HTTPOrigin(files=files) as origin:
+        urls = [origin.url_for(n) for n in sorted(files)]
+        ds = ShardDataset(urls, fs=fs, shuffle=False, prefetch=False)
+        loader = DataLoader(ds, batch_size=4, num_workers=workers)
+        got = {}
+        for batch in loader:
+            assert all(isinstance(v, bytes) for v in batch["bin"])
+            got.update(zip(batch["__key__"], batch["bin"], strict=True))
+    assert got == {
+        f"{s:02d}-{i:03d}": bytes([s, i]) * (100 + 37 * i)
+        for s in range(2)
+        for i in range(6)
+    }

@@ -36,13 +36,38 @@ from cachefs.data.world import World
 from cachefs.filesystem import CacheFileSystem
 from cachefs.prefetch import PrefetchHandle
 
-__all__ = ["ShardDataset", "expand_urls", "to_bytes"]
+__all__ = ["ShardDataset", "collate_views", "expand_urls", "to_bytes"]
 
 _Base: Any
 try:  # torch is optional: without it the dataset is a plain iterable
     from torch.utils.data import IterableDataset as _Base
 except ImportError:  # pragma: no cover - exercised in a subprocess test
     _Base = object
+
+
+def collate_views(batch: Sequence[memoryview], **_: Any) -> list[bytes]:
+    """Collate a batch of memoryviews (sample payloads) as a list of ``bytes``.
+
+    torch's ``default_collate`` takes a memoryview for a sequence of ints
+    and fails on samples of different sizes ("each element in list of batch
+    should be of equal size"); this is the collation it gets for them
+    instead, so ``DataLoader(ShardDataset(...), batch_size=32)`` works with
+    no ``collate_fn``: one copy per payload, which also lets the batch leave
+    a worker. Pass a ``collate_fn`` of your own to decode without that copy.
+    """
+    return [bytes(view) for view in batch]
+
+
+def _register_collate() -> None:
+    """Teach torch's default collation memoryviews (see :func:`collate_views`)."""
+    try:
+        from torch.utils.data._utils.collate import default_collate_fn_map
+    except ImportError:  # no torch, or a torch without the map
+        return
+    default_collate_fn_map.setdefault(memoryview, collate_views)
+
+
+_register_collate()
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _INDEX_THREADS = 16
