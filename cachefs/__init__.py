@@ -12,6 +12,10 @@ from cachefs.chunks import ChunkKey, FileVersion, parse_size
 from cachefs.config import CacheConfig, default_cache_dir
 from cachefs.file import CachedFile
 from cachefs.filesystem import CacheFileSystem
+
+# The function, not the package: ``cachefs.mount(url, mountpoint, ...)``
+# (the package stays importable as ``from cachefs.mount import ...``).
+from cachefs.mount import mount
 from cachefs.policy import (
     EvictionPolicy,
     LRUPolicy,
@@ -34,6 +38,7 @@ __all__ = [
     "__version__",
     "available_policies",
     "default_cache_dir",
+    "mount",
     "parse_size",
     "register_policy",
 ]

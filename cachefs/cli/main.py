@@ -21,6 +21,8 @@ from cachefs._version import __version__
 from cachefs.cli.format import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from cachefs.cli.inspect import cmd_ls, cmd_stats
 from cachefs.cli.maintain import cmd_clear, cmd_evict, cmd_verify
+from cachefs.cli.mount import add_parsers as add_mount_parsers
+from cachefs.cli.mount import run_mount, run_umount
 from cachefs.cli.settings import CLI_OPTIONS, Settings, cmd_config, resolve_settings
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +35,8 @@ _COMMANDS: dict[str, Callable[[Settings, Any, TextIO, Callable[[str], None]], in
     "clear": cmd_clear,
     "verify": cmd_verify,
     "config": cmd_config,
+    "mount": run_mount,
+    "umount": run_umount,
 }
 
 
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", "show effective settings and their sources", parents=[common])
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    add_mount_parsers(add, common)
 
     add("demo", "run the cachefs demo (arguments go to the demo)", add_help=False)
     return parser
