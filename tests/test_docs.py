@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._tools import need_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,9 +58,7 @@ def test_mkdocs_build_strict(site: Path) -> None:
 
 @pytest.mark.parametrize("page", ["index.html", "bench/results/index.html"])
 def test_pages_lay_out_at_1280_px(site: Path, page: str) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (Debian package 'chromium')")
+    chromium = need_tool("chromium", "chromium-browser", package="chromium")
     source = site / page
     probe = source.with_name("probe.html")
     probe.write_text(source.read_text().replace("</body>", _PROBE + "</body>"))
@@ -92,3 +91,15 @@ def test_pages_lay_out_at_1280_px(site: Path, page: str) -> None:
     assert found["cut"] == 0, f"{found['cut']} code blocks cut at 1280 px on {page}"
     assert found["broken"] == 0, f"{found['broken']} images did not load on {page}"
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_a_missing_tool_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests._tools import need_tool as need
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        need("chromium", package="chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="'chromium'"):
+        need("chromium", package="chromium")
