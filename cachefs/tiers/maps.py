@@ -19,6 +19,8 @@ import threading
 import weakref
 from typing import Protocol
 
+from cachefs.bridge import register
+
 __all__ = [
     "MAPS",
     "MapCount",
@@ -118,6 +120,10 @@ class MapCount:
             self.live -= 1
             self.mapped -= size
 
+    def after_fork(self) -> None:
+        """Replace the lock, which another thread may have held at fork."""
+        self._lock = threading.RLock()
+
     def make_room(self, holder: MapHolder, limit: int, nbytes: int = 0) -> bool:
         """Drop the oldest maps held by holders until one more fits.
 
@@ -147,6 +153,7 @@ class MapCount:
 
 #: The one count of this process.
 MAPS = MapCount()
+register(MAPS)  # its fork hook
 
 
 # A chunk verified whole when mapped has its pages faulted in by the kernel
