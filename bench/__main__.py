@@ -29,6 +29,7 @@ from bench import (
     hot_path,
     loader_peers,
     loader_stall,
+    mount,
     publish,
     s3_cold,
     single_flight,
@@ -63,6 +64,7 @@ SCENARIOS: dict[str, Scenario] = {
     "user_hot_ram": user_reads.run_hot_ram,
     "user_random_fresh": user_reads.run_random_fresh,
     "user_small_reads": user_reads.run_small_reads,
+    "mount": mount.run,
     "cold_fill": cold_fill.run,
 }
 
