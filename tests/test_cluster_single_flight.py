@@ -189,7 +189,7 @@ def test_a_slow_lease_holder_renews_its_lease_and_fetches_once(tmp_path):
     shared = f"file://{tmp_path / 'shared'}"
     with HTTPOrigin(files={"one.bin": data}, latency=2.5) as origin:
         url = origin.url_for("one.bin")
-        start = time.time() + 8.0  # imported and info() done (2.5 s): then both
+        start = time.time() + 10.0  # imported, info() done (2.5 s): then both
         procs = [
             start_node(url, tmp_path / f"node-{i}", shared, lease, start)
             for i in range(2)

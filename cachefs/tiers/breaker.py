@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -71,6 +72,7 @@ class Breaker:
         #: Monotonic time until which calls are skipped; 0.0: closed.
         self.open_until = 0.0
         self._probing = False
+        self._pid = os.getpid()
 
     @property
     def is_open(self) -> bool:
@@ -109,6 +111,10 @@ class Breaker:
 
     def _admit(self) -> bool:
         """Let a call through (``True``: as the probe) or raise Skipped."""
+        if os.getpid() != self._pid:
+            # A forked child: its parent's probe does not run here.
+            self._pid = os.getpid()
+            self._probing = False
         if self.open_until == 0.0:
             return False
         if self._probing or time.monotonic() < self.open_until:
