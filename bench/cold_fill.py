@@ -325,7 +325,7 @@ def _nginx_part(quick: bool, args: argparse.Namespace | None, disk: Path) -> lis
 
     n = int(_param(args, "files", 16 if quick else 32))
     size = int(_param(args, "size", 8 * MiB if quick else 16 * MiB))
-    reps = int(_param(args, "reps", 2 if quick else 3))
+    reps = int(_param(args, "reps", 3 if quick else 5))
     root = tmpfs_dir("cachefs-cold-fill-")
     try:
         shutil.rmtree(root)

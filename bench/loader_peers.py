@@ -4,9 +4,10 @@ Origin: moto's S3 server in its own process behind a loopback proxy in
 another (:mod:`bench.s3_proxy`) that adds 20 ms to every request and counts
 the bytes of every response, so origin bytes are measured the same way for
 every system. The same samples (ids 0..n-1, 31 KiB of random bytes each) are
-written, untimed, in each library's own format: tar shards (webdataset and
-cachefs), LitData chunks (``litdata.optimize``) and MDS shards (MosaicML
-``MDSWriter``), all with about the same shard size.
+written, untimed, in each library's own format (:mod:`bench.peer_formats`):
+tar shards (webdataset, cachefs, s3torchconnector, JuiceFS), LitData
+chunks (``litdata.optimize``) and MDS shards (MosaicML ``MDSWriter``), all
+with about the same shard size.
 
 Systems, each read by a torch DataLoader with 2 workers and batch 32:
 
@@ -14,6 +15,13 @@ Systems, each read by a torch DataLoader with 2 workers and batch 32:
 - webdataset over ``cachefs::s3://`` (a ``gopen`` scheme registered here);
 - LitData ``StreamingDataset`` (``StreamingDataLoader``);
 - MosaicML streaming ``StreamingDataset`` over MDS;
+- s3torchconnector ``S3IterableDataset`` over the tars (objects sharded
+  across workers, streamed; no cache of its own: big configuration only);
+- JuiceFS (:mod:`bench.juicefs`: SQLite metadata, data in a bucket of the
+  same origin, FUSE mount, local cache sized like the others, the read
+  options of its tuning guide) with webdataset reading the tars as files of
+  the mount; the tars are written through a mount first, untimed, and each
+  configuration mounts again with an empty cache;
 - webdataset over plain ``s3://`` (fsspec/s3fs, no cache; big config only).
 
 Two configurations: ``big`` (every cache 4x the data set, epochs 0-2) and
@@ -37,14 +45,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import io
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
@@ -52,22 +58,37 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.juicefs import READ_OPTIONS
+from bench.peer_formats import (
+    _cachefs_sample,
+    _collate,
+    _register_gopen,
+    _s3torch_samples,
+    _streaming,
+    _upload,
+    _write_litdata,
+    _write_mds,
+    _write_tars,
+)
 from bench.report import Row
 
 __all__ = ["SYSTEMS", "run"]
 
 KiB, MiB = 2**10, 2**20
-#: Payload bytes per sample: with its 1 KiB of tar header and padding a
-#: sample fills 32 KiB of a tar shard.
-PAYLOAD = 31 * KiB
 WORKERS = 2
 BATCH = 32
 CACHEFS = "cachefs ShardDataset"
+S3TORCH = "s3torchconnector S3IterableDataset"
+JUICEFS = "JuiceFS (FUSE) + webdataset"
+#: Systems without a cache of their own: run in the big configuration only.
+UNCACHED = ("webdataset + plain s3", S3TORCH)
 SYSTEMS = (
     CACHEFS,
     "webdataset + cachefs::s3",
     "LitData StreamingDataset",
     "MosaicML streaming (MDS)",
+    S3TORCH,
+    JUICEFS,
     "webdataset + plain s3",
 )
 #: The package each system needs beyond cachefs and torch.
@@ -76,6 +97,8 @@ _NEEDS = {
     "webdataset + cachefs::s3": ("webdataset",),
     "LitData StreamingDataset": ("litdata",),
     "MosaicML streaming (MDS)": ("streaming",),
+    S3TORCH: ("s3torchconnector",),
+    JUICEFS: ("webdataset",),
     "webdataset + plain s3": ("webdataset",),
 }
 _PREFIX = {
@@ -84,143 +107,9 @@ _PREFIX = {
     "webdataset + plain s3": "tars",
     "LitData StreamingDataset": "litdata",
     "MosaicML streaming (MDS)": "mds",
+    S3TORCH: "tars",
+    JUICEFS: "tars",
 }
-
-
-def _payload(i: int) -> bytes:
-    return random.Random(i).randbytes(PAYLOAD)
-
-
-# -- writing each library's format (untimed) --------------------------------
-
-
-def _write_tars(out: Path, shards: int, per_shard: int) -> list[int]:
-    out.mkdir(parents=True)
-    counts = []
-    for s in range(shards):
-        ids = range(s * per_shard, (s + 1) * per_shard)
-        with tarfile.open(
-            out / f"shard-{s:05d}.tar", "w", format=tarfile.USTAR_FORMAT
-        ) as tar:
-            for i in ids:
-                data = _payload(i)
-                info = tarfile.TarInfo(f"{i:08d}.bin")
-                info.size = len(data)
-                info.mtime = 0
-                tar.addfile(info, io.BytesIO(data))
-        counts.append(len(ids))
-    return counts
-
-
-def _litdata_item(i: int) -> dict[str, Any]:
-    return {"id": i, "data": _payload(i)}
-
-
-def _write_litdata(out: Path, n: int, shard_bytes: int) -> None:
-    import litdata
-
-    litdata.optimize(
-        fn=_litdata_item,
-        inputs=list(range(n)),
-        output_dir=str(out),
-        chunk_bytes=shard_bytes,
-        num_workers=1,
-        mode="overwrite",
-    )
-
-
-def _write_mds(out: Path, n: int, shard_bytes: int) -> None:
-    writer_cls = _streaming()[1]
-    with writer_cls(
-        out=str(out),
-        columns={"id": "int", "data": "bytes"},
-        size_limit=shard_bytes,
-        compression=None,
-    ) as writer:
-        for i in range(n):
-            writer.write({"id": i, "data": _payload(i)})
-
-
-def _upload(client: Any, bucket: str, root: Path, prefix: str) -> int:
-    total = 0
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            key = f"{prefix}/{path.relative_to(root).as_posix()}"
-            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
-            total += path.stat().st_size
-    return total
-
-
-# -- peers' imports and glue -------------------------------------------------
-
-
-def _streaming() -> tuple[Any, Any]:
-    """Import MosaicML streaming's dataset and MDS writer.
-
-    ``import streaming`` runs ``streaming/__init__.py``, which imports
-    ``streaming.vision`` (torchvision) and ``streaming.base.dataloader``
-    (transformers) even though neither ``StreamingDataset`` nor ``MDSWriter``
-    uses them; torchvision from PyPI does not load beside the CPU build of
-    torch. So the two package modules are created from their real specs
-    without running their ``__init__``, and the real submodules are imported
-    from them: no stand-in code, only the eager imports skipped.
-    """
-    if "streaming.base.dataset" not in sys.modules:
-        for name in ("streaming", "streaming.base"):
-            if name in sys.modules:
-                continue
-            spec = importlib.util.find_spec(name)
-            if spec is None:
-                raise ImportError(f"No module named {name!r}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            if name == "streaming.base":
-                sys.modules["streaming"].base = module  # type: ignore[attr-defined]
-    from streaming.base.dataset import StreamingDataset
-    from streaming.base.format.mds.writer import MDSWriter
-
-    return StreamingDataset, MDSWriter
-
-
-def _register_gopen(
-    s3_options: dict[str, Any], cachefs_options: dict[str, Any]
-) -> None:
-    """Let webdataset open ``s3://`` and ``cachefs::s3://`` URLs with fsspec.
-
-    webdataset 1.0's ``gopen`` knows neither scheme (its S3 recipe is a
-    ``pipe:aws s3 cp`` URL); cachefs will ship this glue (issue 14).
-    """
-    import fsspec
-
-    # ``webdataset.gopen`` is also the name of the function: take the module.
-    gopen = importlib.import_module("webdataset.gopen")
-
-    def fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
-        if url.startswith("cachefs::"):
-            return fsspec.open(url, mode, s3=s3_options, cachefs=cachefs_options).open()
-        return fsspec.open(url, mode, **s3_options).open()
-
-    gopen.gopen_schemes["s3"] = fsspec_open
-    gopen.gopen_schemes["cachefs"] = fsspec_open
-
-
-def _cachefs_sample(sample: dict[str, Any]) -> tuple[int, bytes]:
-    data = sample["bin"]
-    return int(sample["__key__"]), data.tobytes() if isinstance(
-        data, memoryview
-    ) else data
-
-
-def _collate(batch: list[Any]) -> tuple[list[int], int]:
-    ids, nbytes = [], 0
-    for item in batch:
-        if isinstance(item, dict):
-            i, data = item["id"], item["data"]
-        else:
-            i, data = item
-        ids.append(int(i))
-        nbytes += len(data)
-    return ids, nbytes
 
 
 # -- one system, one configuration (a child process) -------------------------
@@ -271,6 +160,29 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         def epoch_fn(e: int) -> Any:
             ds.set_epoch(e)
             return loader
+
+    elif system == S3TORCH:
+        ds = _s3torch_samples(spec, tars)
+        loader = tud.DataLoader(
+            ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=_collate
+        )
+
+        def epoch_fn(e: int) -> Any:
+            return loader
+
+    elif system == JUICEFS:
+        import webdataset as wds
+
+        def epoch_fn(e: int) -> Any:
+            # The tars as files of the JuiceFS mount the parent started.
+            paths = [f"{spec['mount']}/{t.split('/', 1)[1]}" for t in tars]
+            random.Random(e).shuffle(paths)
+            ds = wds.WebDataset(paths, shardshuffle=False, empty_check=False).map(
+                lambda s: (int(s["__key__"]), s["bin"])
+            )
+            return tud.DataLoader(
+                ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=_collate
+            )
 
     elif system.startswith("webdataset"):
         import webdataset as wds
@@ -472,6 +384,11 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                     sizes[prefix] = _upload(client, bucket, root / prefix, prefix)
                 except Exception as exc:
                     problems[prefix] = f"writing failed: {type(exc).__name__}: {exc}"
+            volume, why = None, None
+            if JUICEFS in systems and _missing(JUICEFS) is None:
+                volume, why = _juicefs_volume(origin, root, bucket)
+                if why is not None:
+                    problems["juicefs"] = why
             configs = (("big", 3), ("half", 4))
             for config, epochs in configs:
                 for system in systems:
@@ -483,10 +400,11 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                         )
                         continue
                     prefix = _PREFIX[system]
-                    if prefix in problems:
-                        rows.append(_info_row(label, system, problems[prefix]))
+                    if prefix in problems or (system == JUICEFS and volume is None):
+                        why = problems.get(prefix) or problems.get("juicefs", "?")
+                        rows.append(_info_row(label, system, why))
                         continue
-                    if system == "webdataset + plain s3" and config == "half":
+                    if system in UNCACHED and config == "half":
                         continue  # no cache: the half configuration is the same
                     size = sizes[prefix]
                     limit = 4 * size if config == "big" else size // 2
@@ -508,7 +426,12 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                         "shuffle_block": n if config == "big" else 2 * per_shard,
                     }
                     print(f"loader_peers: {config} {system} ...", flush=True)
-                    result = _run_child(spec, timeout)
+                    if system == JUICEFS and volume is not None:
+                        with volume.mount(cache_dir, limit, *READ_OPTIONS) as mnt:
+                            spec["mount"] = str(mnt.path)
+                            result = _run_child(spec, timeout)
+                    else:
+                        result = _run_child(spec, timeout)
                     shutil.rmtree(cache_dir, ignore_errors=True)
                     if "error" in result:
                         row = _info_row(label, system, result["error"])
@@ -519,6 +442,31 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
     finally:
         origin.stop()
     return _judge(rows)
+
+
+def _juicefs_volume(origin: Any, root: Path, bucket: str) -> tuple[Any, str | None]:
+    """Format a JuiceFS volume on the origin and write the tars through it.
+
+    Returns the volume, or ``None`` and the reason JuiceFS cannot run here.
+    """
+    from bench.juicefs import Volume, why_not
+    from bench.s3_proxy import KEY, SECRET
+
+    why = why_not()
+    if why is not None:
+        return None, why
+    try:
+        origin.client().create_bucket(Bucket="juicefs")
+        volume = Volume(root / "juicefs", f"{origin.proxy_url}/juicefs", KEY, SECRET)
+        # Written untimed, through a mount whose cache is then thrown away.
+        with volume.mount(root / "juicefs-write-cache", 2**30) as mnt:
+            (mnt.path / "tars").mkdir()
+            for path in sorted((root / "tars").iterdir()):
+                shutil.copyfile(path, mnt.path / "tars" / path.name)
+        shutil.rmtree(root / "juicefs-write-cache", ignore_errors=True)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return None, f"JuiceFS could not run here: {exc}"
+    return volume, None
 
 
 def _rows(
