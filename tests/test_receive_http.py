@@ -79,6 +79,21 @@ async def test_bodies_land_in_piece_buffers_over_one_kept_connection(
     assert pool.closed and pool.open_connections == 0
 
 
+async def test_a_body_that_came_with_its_head_leaves_the_connection_reusable(
+    origin: HTTPOrigin,
+) -> None:
+    # A small body arrives in the same segment as its head; the head paused
+    # reading and nothing resumed it, so the next request on that kept
+    # connection waited for a head until the request timeout.
+    fetcher = Fetcher(http(), retries=0, timeout=None)
+    url = f"{origin.url}/d/a.bin"
+    for start, stop in [(0, 24), (100, 142), (7, 8), (0, 300 * KiB)]:
+        body, _ = await asyncio.wait_for(collect(fetcher, url, start, stop), 10)
+        assert body == DATA[start:stop]
+    assert fetcher.stats.direct == 4 and fetcher.stats.connections == 1
+    await close(fetcher)
+
+
 async def test_concurrent_reads_open_one_connection_each_and_reuse_them(
     origin: HTTPOrigin,
 ) -> None:

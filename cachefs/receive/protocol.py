@@ -85,6 +85,9 @@ class Connection(asyncio.BufferedProtocol):
         self.received = self._head_len = 0
         self._parsed = None
         self.transport.write(data)
+        # The last response may have left reading paused: its head pauses
+        # it, and a body that came whole with the head never resumes it.
+        self.transport.resume_reading()
         while (head := self.head) is None:
             if self._error is not None:
                 raise self._error
