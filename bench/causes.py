@@ -66,6 +66,18 @@ CAUSES: dict[tuple[str, str], str] = {
         "One shard is 1/16 of the quick data set; in the full run (32 "
         "shards) the ratio is 0.52, within the bound."
     ),
+    ("cold_fill", "1 "): (
+        "Measured at commit 51b0574, before the issue-20 receive path (full "
+        "run, 512 MiB from nginx): cachefs fsspec.open 5.10 and fs.prefetch "
+        "2.87 CPU s/GiB against 0.88 for the zero-copy receive + write "
+        "reference. Per thread in the fsspec.open pass: the event loop "
+        "(aiohttp's stream, landing pieces in chunk buffers, checks) 3.7 s "
+        "per GiB, where aiohttp's own read() of the same bytes costs 1.06; "
+        "the two disk-writer threads 2.3 s per GiB, where the reference's "
+        "pwrite per chunk costs about 0.3. Both halves are each a multiple "
+        "of the whole reference; a one-process fill is CPU-bound on the "
+        "machine's 2 cores, which MB/s follows."
+    ),
     ("cluster", "4 nodes"): (
         "The disk tier refreshes a chunk's recency (mtime) at most every 5 s, "
         "so in a short run the measured LRU behaves as FIFO; the model "

@@ -289,6 +289,7 @@ def _rows(
             "cpu_s": [r["cpu_s"] for r in results],
             "cpu_process_total_s": [r.get("cpu_process_total_s") for r in results],
             "meminfo_after": results[-1].get("meminfo_after", {}),
+            "thread_cpu_s_last": results[-1].get("thread_cpu_s", {}),
         }
         rates[system] = Row(
             rate_label, system, median(rate), "MB/s", rate, detail=detail
@@ -383,7 +384,9 @@ def _nginx_part(quick: bool, args: argparse.Namespace | None, disk: Path) -> lis
         "process": "one new process per pass, CPU = user+sys of all its threads "
         "and reaped children over the pass",
     }
-    return _rows("1 nginx", runs, skipped, sum(sizes), REFERENCE, common, FILL_PATHS)
+    # The label names the origin actually measured.
+    prefix = "1 nginx" if label.startswith("nginx ") else "1 HTTPOrigin (no nginx)"
+    return _rows(prefix, runs, skipped, sum(sizes), REFERENCE, common, FILL_PATHS)
 
 
 def _s3_part(quick: bool, disk: Path) -> list[Row]:
