@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cachefs
+
 __all__ = [
     "Result",
     "Row",
@@ -357,7 +359,13 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "loadavg": loadavg(),
-        "packages": {name: _version(name) for name in ("cachefs", "fsspec", "numpy")},
+        # cachefs's own version comes from the code that ran, not from a
+        # distribution's metadata: the distribution is named fsspec-cachefs,
+        # and a stale "cachefs" one (the old name) may linger in a venv.
+        "packages": {
+            "cachefs": cachefs.__version__,
+            **{name: _version(name) for name in ("fsspec", "numpy")},
+        },
     }
 
 

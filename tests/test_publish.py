@@ -60,3 +60,16 @@ def test_recorded_causes_match_their_rows() -> None:
     cause = cause_of("loader_peers", "half: origin ÷ dataset, epoch 2")
     assert "7 of the 8 shards" in cause
     assert cause_of("user_cold_open", "9 unknown row") == "cause not established"
+
+
+def test_machine_info_names_the_cachefs_that_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The distribution is fsspec-cachefs; a lookup of "cachefs" finds nothing
+    # on a fresh install (or a stale dist of the old name): the version must
+    # be the imported package's own.
+    import cachefs
+    from bench.report import machine_info
+
+    monkeypatch.setattr(cachefs, "__version__", "9.9.9+ran")
+    assert machine_info()["packages"]["cachefs"] == "9.9.9+ran"
