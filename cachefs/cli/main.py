@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import logging
 import sys
@@ -270,6 +271,24 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, Any]:
     return {}
 
 
+def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """Say what in ``extra`` ``parser`` does not know, with a guess for a typo.
+
+    An unknown option is named alone, with the closest of the subcommand's own
+    options (``--disk-limt`` -> ``--disk-limit``) when one is close; other
+    leftovers are listed as argparse would.
+    """
+    known = [o for action in parser._actions for o in action.option_strings]
+    for arg in extra:
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name = arg.split("=", 1)[0]  # --disk-limt=1GiB names --disk-limt
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown option {name}{hint}"
+    return f"unrecognized arguments: {' '.join(extra)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cachefs`` command; return its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -287,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Reported by the subcommand's parser, so the line names it
         # ("cachefs warm: error: ...") like every other error of that command.
         parser_of = _subparsers(parser).get(command, parser)
-        parser_of.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser_of.error(_unrecognized(parser_of, extra))
     verbose = int(getattr(args, "verbose", 0) or 0)
     args.quiet = bool(getattr(args, "quiet", False))
     with _logging(verbose):
