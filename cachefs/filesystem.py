@@ -8,6 +8,7 @@ invalidate what the cache holds for the paths they touch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import weakref
@@ -19,7 +20,6 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractFileSystem
-from fsspec.utils import stringify_path
 
 from cachefs.assembly import build_router, cache_stats, make_target
 from cachefs.bridge import (
@@ -34,7 +34,9 @@ from cachefs.config import CacheConfig, default_cache_dir, split_keywords
 from cachefs.errors import StaleVersionError
 from cachefs.fetch import Fetcher
 from cachefs.file import CachedFile
-from cachefs.metadata import MetadataCache, TTLCache
+from cachefs.listings import ListingCache
+from cachefs.metadata import MetadataCache
+from cachefs.namespace import NamespaceFace
 from cachefs.policy import EvictionPolicy
 from cachefs.prefetch import PrefetchHandle, PrefetchItem, prefetch_items
 from cachefs.ranges import read_ranges
@@ -43,7 +45,6 @@ from cachefs.writes import WritePassThrough, WriteThroughFile
 
 __all__ = ["CacheFileSystem", "default_cache_dir"]
 
-_PREFIXES = ("cachefs::", "cachefs://")
 # At exit, fills still writing to disk get this long to finish.
 _EXIT_DRAIN_SECONDS = 10.0
 _WRITE_MODES = frozenset({"wb", "ab", "xb"})
@@ -61,10 +62,45 @@ class _CacheFileSystemType(type(AsyncFileSystem)):  # type: ignore[misc]
         # same settings make the same token however they were spelled.
         obj = super().__call__(*args, **dict(sorted(kwargs.items())))
         name_timeouts_of(obj)
+        if obj.asynchronous and not vars(obj).get("_twin_routed"):
+            _route_blocking_calls(obj)
         return obj
 
 
+# Blocking methods of the class itself (fsspec mirrors the others per instance).
+_BLOCKING = ("cat_file", "_open")
+
+
+def _route_blocking_calls(obj: CacheFileSystem) -> None:
+    """Serve an asynchronous cache's blocking calls by its synchronous twin.
+
+    fsspec's URL chaining writes ``asynchronous=True`` into a caller's nested
+    options dict (zarr asks for it), so the next library handed the same
+    dict (pandas) gets an asynchronous cache and calls it synchronously. Its
+    blocking methods have no loop to run on; the twin (same settings, same
+    tiers) has fsspec's. Coroutines stay the asynchronous cache's own.
+    """
+    mirrored = [
+        name
+        for name, attr in vars(obj).items()
+        if not name.startswith("_") and callable(attr) and hasattr(attr, "__wrapped__")
+    ]
+    for name in [*mirrored, *_BLOCKING]:
+        setattr(obj, name, functools.partial(_call_twin, weakref.ref(obj), name))
+    obj._twin_routed = True
+
+
+def _call_twin(
+    ref: weakref.ref[CacheFileSystem], name: str, *args: Any, **kwargs: Any
+) -> Any:
+    obj = ref()
+    if obj is None:
+        raise ReferenceError("the asynchronous cachefs filesystem is gone")
+    return getattr(obj.sync_twin(), name)(*args, **kwargs)
+
+
 class CacheFileSystem(
+    NamespaceFace,
     WritePassThrough,
     AsyncFileSystem,  # type: ignore[misc]
     ChainedFileSystem,  # type: ignore[misc]
@@ -237,9 +273,14 @@ class CacheFileSystem(
         self._handles: weakref.WeakSet[PrefetchHandle] = weakref.WeakSet()
         if not self.asynchronous:
             self.router.loop = self.loop
+        meta = self.router.disks[0].root / "meta" if self.router.disks else None
         self.metadata = MetadataCache(
+            config.metadata_ttl, meta, trust_cache_dir=config.trust_cache_dir
+        )
+        #: ``ls``/``find`` results and directories, under the same TTL rules.
+        self.listings = ListingCache(
             config.metadata_ttl,
-            self.router.disks[0].root / "meta" if self.router.disks else None,
+            None if meta is None else meta / "listings",
             trust_cache_dir=config.trust_cache_dir,
         )
         self.resolver = VersionResolver(
@@ -249,11 +290,30 @@ class CacheFileSystem(
             self.fetcher,
             self.router,
             self._target_path,
+            self.listings,
         )
-        self._listings = TTLCache(config.metadata_ttl)
         register(self)  # its fork and exit hooks
 
     # -- event loop and fork -------------------------------------------------
+
+    def sync_twin(self) -> CacheFileSystem:
+        """Return the synchronous cache with this one's settings.
+
+        Itself when this cache is not ``asynchronous``; otherwise fsspec's
+        (shared) instance built with the same options and no
+        ``asynchronous``/``loop``, which serves this cache's blocking calls.
+        """
+        if not self.asynchronous:
+            return self
+        twin: CacheFileSystem | None = vars(self).get("_twin")
+        if twin is None:
+            options = {
+                k: v
+                for k, v in self.storage_options.items()
+                if k not in ("asynchronous", "loop")
+            }
+            twin = self._twin = type(self)(*self.storage_args, **options)
+        return twin
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -289,23 +349,6 @@ class CacheFileSystem(
         self.router.loop = self._loop
 
     # -- paths ---------------------------------------------------------------
-
-    @classmethod
-    def _strip_protocol(cls, path: Any) -> Any:
-        if isinstance(path, list):
-            return [cls._strip_protocol(p) for p in path]
-        path = stringify_path(path)
-        for prefix in _PREFIXES:
-            if path.startswith(prefix):
-                return path[len(prefix) :]
-        return path
-
-    def _target_path(self, path: str) -> str:
-        return str(self.fs._strip_protocol(self._strip_protocol(path)))
-
-    def unstrip_protocol(self, name: str) -> str:
-        """Return the chained URL ``cachefs::<target URL>`` for ``name``."""
-        return "cachefs::" + str(self.fs.unstrip_protocol(self._target_path(name)))
 
     # -- reads ---------------------------------------------------------------
 
@@ -443,54 +486,6 @@ class CacheFileSystem(
 
     # -- metadata ------------------------------------------------------------
 
-    @on_own_loop
-    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        return await self.resolver.info(self._target_path(path))
-
-    @on_own_loop
-    async def _isdir(self, path: str) -> bool:
-        # The target decides what a directory is (fsspec's http: a page that
-        # lists links, whatever its info says); a file this cache knows is
-        # not one, and needs no origin request.
-        tpath = self._target_path(path)
-        if self.resolver.known(tpath) is not None:
-            return False
-        cached = self.resolver.infos.get(tpath)
-        if cached is not None and cached.get("type") == "directory":
-            return True
-        return bool(await self.fetcher.metadata("isdir", tpath))
-
-    @on_own_loop
-    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
-        tpath = self._target_path(path)
-        listing = self._listings.get(tpath)
-        if listing is None:
-            listing = await self.fetcher.metadata("ls", tpath, detail=True, **kwargs)
-            self._listings.put(tpath, listing)
-            for entry in listing:
-                # http listings carry no sizes: such entries are no info.
-                if entry.get("size") is not None or entry.get("type") == "directory":
-                    self.resolver.infos.put(entry["name"], entry)
-        if detail:
-            return [dict(e) for e in listing]
-        return [e["name"] for e in listing]
-
-    @on_own_loop
-    async def _find(
-        self,
-        path: str,
-        maxdepth: int | None = None,
-        withdirs: bool = False,
-        **kwargs: Any,
-    ) -> Any:
-        return await self.fetcher.metadata(
-            "find",
-            self._target_path(path),
-            maxdepth=maxdepth,
-            withdirs=withdirs,
-            **kwargs,
-        )
-
     def invalidate(self, path: str, recursive: bool = False) -> None:
         """Forget what the cache holds for ``path``.
 
@@ -498,7 +493,7 @@ class CacheFileSystem(
         ``recursive``, also of every known path below it.
         """
         tpath = self._target_path(path)
-        self._listings.clear()
+        self.listings.clear()
         resolver = self.resolver
         resolver.forget(resolver.known_below(tpath) if recursive else [tpath])
 
@@ -579,5 +574,5 @@ class CacheFileSystem(
             self.router.ram.clear()
         for d in self.router.disks:
             d.clear()
-        self._listings.clear()
+        self.listings.clear()
         self.resolver.clear()

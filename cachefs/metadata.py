@@ -40,6 +40,7 @@ __all__ = [
     "StoredRecord",
     "TTLCache",
     "decode_record",
+    "decode_record_mtime",
     "encode_record",
     "record_damage",
     "record_name",
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 #: derived from an origin's info takes this form).
 MISSING = "missing:"
 
-_RECORD_FORMAT = 2  # 1 (no checksum) is read as damage and learned again
+_RECORD_FORMAT = 3  # 3 adds the modification time; 2 is still read
+_READ_FORMATS = (2, 3)  # 1 (no checksum) is read as damage and learned again
 _MAX_RECORD = 1 << 16
 _MAX_SIZE = (1 << 63) - 1
 # A record stamped further ahead than this would never expire: damage.
@@ -91,8 +93,14 @@ def _canonical(body: dict[str, Any]) -> bytes:
     ).encode()
 
 
-def encode_record(version: FileVersion, fetched: float) -> bytes:
-    """Return the stored form of ``version`` learned at ``fetched``."""
+def encode_record(
+    version: FileVersion, fetched: float, mtime: float | None = None
+) -> bytes:
+    """Return the stored form of ``version`` learned at ``fetched``.
+
+    ``mtime`` is the origin's modification time of the file (seconds since
+    the epoch), when it gave one.
+    """
     body: dict[str, Any] = {
         "format": _RECORD_FORMAT,
         "protocol": version.protocol,
@@ -100,6 +108,7 @@ def encode_record(version: FileVersion, fetched: float) -> bytes:
         "size": version.size,
         "token": version.token,
         "fetched": fetched,
+        "mtime": mtime,
     }
     body["crc32c"] = crc32c.crc32c(_canonical(body))
     return _canonical(body)
@@ -117,6 +126,26 @@ def decode_record(raw: bytes) -> tuple[FileVersion, float]:
     ValueError
         If the record is damaged; the message says how.
     """
+    version, fetched, _ = decode_record_mtime(raw)
+    return version, fetched
+
+
+def _bad_time(stamp: Any) -> bool:
+    return (
+        type(stamp) not in (int, float)
+        or not math.isfinite(stamp)
+        or not 0 <= stamp <= time.time() + _FUTURE_SLACK
+    )
+
+
+def decode_record_mtime(raw: bytes) -> tuple[FileVersion, float, float | None]:
+    """Verify and parse a stored version record, with the file's mtime.
+
+    Raises
+    ------
+    ValueError
+        If the record is damaged; the message says how.
+    """
     if len(raw) > _MAX_RECORD:
         raise ValueError("is too large")
     try:
@@ -127,13 +156,18 @@ def decode_record(raw: bytes) -> tuple[FileVersion, float]:
         raise ValueError(f"is not JSON ({exc})") from None
     if not isinstance(body, dict):
         raise ValueError("is not a JSON object")
-    if body.get("format") != _RECORD_FORMAT:
-        raise ValueError(f"has an unknown format ({body.get('format')!r})")
+    form = body.get("format")
+    if form not in _READ_FORMATS:
+        raise ValueError(f"has an unknown format ({form!r})")
     crc = body.pop("crc32c", None)
     if type(crc) is not int or crc32c.crc32c(_canonical(body)) != crc:
         raise ValueError("failed its CRC32C check")
-    if set(body) != {"format", "protocol", "path", "size", "token", "fetched"}:
+    fields = {"format", "protocol", "path", "size", "token", "fetched"}
+    if set(body) != (fields if form == 2 else fields | {"mtime"}):
         raise ValueError("has unexpected fields")
+    mtime = body.get("mtime")
+    if mtime is not None and _bad_time(mtime):
+        raise ValueError(f"has a bad modification time {mtime!r}")
     protocol, path, token = body["protocol"], body["path"], body["token"]
     size, fetched = body["size"], body["fetched"]
     if not isinstance(protocol, str) or not protocol:
@@ -142,13 +176,10 @@ def decode_record(raw: bytes) -> tuple[FileVersion, float]:
         raise ValueError("has a path or token that is not a string")
     if type(size) is not int or not 0 <= size <= _MAX_SIZE:
         raise ValueError(f"has a bad size {size!r}")
-    if (
-        type(fetched) not in (int, float)
-        or not math.isfinite(fetched)
-        or not 0 <= fetched <= time.time() + _FUTURE_SLACK
-    ):
+    if _bad_time(fetched):
         raise ValueError(f"has a bad time {fetched!r}")
-    return FileVersion(protocol, path, size, token), float(fetched)
+    version = FileVersion(protocol, path, size, token)
+    return version, float(fetched), None if mtime is None else float(mtime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +265,9 @@ class MetadataCache:
         self.ttl = ttl
         self.root = root
         self.trust_cache_dir = trust_cache_dir
-        self._memory: dict[tuple[str, str], tuple[FileVersion, float]] = {}
+        self._memory: dict[
+            tuple[str, str], tuple[FileVersion, float, float | None]
+        ] = {}
         self._lock = threading.Lock()
         self._unusable_logged = False
         if root is not None:
@@ -242,22 +275,39 @@ class MetadataCache:
 
     def get(self, protocol: str, path: str) -> FileVersion | None:
         """Return the fresh version of ``path``, or ``None``."""
-        item = self._memory.get((protocol, path))
-        if item is None and self.root is not None:
-            item = self._load(protocol, path)
-            if item is not None:
-                self._memory[(protocol, path)] = item
+        item = self._item(protocol, path)
         if item is None or not _fresh(item[1], self.ttl) or item[0].token == MISSING:
             return None
         return item[0]
 
-    def is_missing(self, protocol: str, path: str) -> bool:
-        """Return whether a fresh record says the origin has no ``path``."""
+    def recorded(self, protocol: str, path: str) -> FileVersion | None:
+        """Return the last version recorded for ``path``, fresh or expired."""
+        item = self._item(protocol, path)
+        return None if item is None or item[0].token == MISSING else item[0]
+
+    def mtime(self, protocol: str, path: str) -> float | None:
+        """Return the origin's modification time recorded with ``path``'s version.
+
+        ``None`` when no fresh version is known or the origin gave no time.
+        """
+        item = self._item(protocol, path)
+        if item is None or not _fresh(item[1], self.ttl) or item[0].token == MISSING:
+            return None
+        return item[2]
+
+    def _item(
+        self, protocol: str, path: str
+    ) -> tuple[FileVersion, float, float | None] | None:
         item = self._memory.get((protocol, path))
         if item is None and self.root is not None:
             item = self._load(protocol, path)
             if item is not None:
                 self._memory[(protocol, path)] = item
+        return item
+
+    def is_missing(self, protocol: str, path: str) -> bool:
+        """Return whether a fresh record says the origin has no ``path``."""
+        item = self._item(protocol, path)
         return (
             item is not None and item[0].token == MISSING and _fresh(item[1], self.ttl)
         )
@@ -285,13 +335,13 @@ class MetadataCache:
                 return False
             return True
 
-    def put(self, version: FileVersion) -> None:
-        """Record ``version`` as fresh now."""
+    def put(self, version: FileVersion, mtime: float | None = None) -> None:
+        """Record ``version`` (modified at ``mtime``, if known) as fresh now."""
         now = time.time()
-        self._memory[(version.protocol, version.path)] = (version, now)
+        self._memory[(version.protocol, version.path)] = (version, now, mtime)
         if self.root is None or self.ttl == 0:
             return
-        data = encode_record(version, now)
+        data = encode_record(version, now, mtime)
         final = record_name(version.protocol, version.path)
         tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}"
         with self._dir() as dfd:
@@ -350,7 +400,9 @@ class MetadataCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dfd)
 
-    def _load(self, protocol: str, path: str) -> tuple[FileVersion, float] | None:
+    def _load(
+        self, protocol: str, path: str
+    ) -> tuple[FileVersion, float, float | None] | None:
         name = record_name(protocol, path)
         with self._dir() as dfd:
             if dfd is None:
@@ -367,7 +419,7 @@ class MetadataCache:
                     raw = fh.read(_MAX_RECORD + 1)
                 why = self._check(raw, st, protocol, path)
                 if not why:
-                    return decode_record(raw)
+                    return decode_record_mtime(raw)
         log.warning(
             "cachefs: dropping version record %s/%s: it %s; learning it again",
             self.root,

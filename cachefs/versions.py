@@ -12,7 +12,10 @@ open's first request should reach) and forgets a file whose origin changed.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,10 +24,47 @@ from cachefs.chunks import ChunkKey, FileVersion, span_keys, version_token
 from cachefs.config import CacheConfig
 from cachefs.errors import is_absent
 from cachefs.fetch import Fetcher
+from cachefs.listings import ListingCache
 from cachefs.metadata import MetadataCache, TTLCache
 from cachefs.router import ChunkRouter
 
-__all__ = ["VersionResolver"]
+__all__ = ["VersionResolver", "info_mtime"]
+
+_MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "Last-Modified", "updated")
+# Protocols whose info cannot tell a directory from a page: a page that
+# lists links is one (fsspec's http isdir).
+_PAGE_PROTOCOLS = frozenset({"http", "https"})
+
+
+def info_mtime(info: dict[str, Any]) -> float | None:
+    """Return the modification time an ``info`` dict gives, in epoch seconds.
+
+    Reads the fields targets use (``mtime``, s3fs's ``LastModified``, an
+    HTTP ``Last-Modified`` header, ...); ``None`` when there is none.
+    """
+    for name in _MTIME_FIELDS:
+        value = info.get(name)
+        stamp: float | None = None
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.UTC)
+            stamp = value.timestamp()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            stamp = float(value)
+        elif isinstance(value, str) and value:
+            try:
+                stamp = email.utils.parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError):
+                try:
+                    parsed = datetime.datetime.fromisoformat(value)
+                except ValueError:
+                    continue
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=datetime.UTC)
+                stamp = parsed.timestamp()
+        if stamp is not None and math.isfinite(stamp) and stamp >= 0:
+            return stamp
+    return None
 
 
 class VersionResolver:
@@ -46,6 +86,9 @@ class VersionResolver:
     target_path
         Turns a user's path (``cachefs::`` URL included) into the target's
         path; see :meth:`target_path`.
+    listings
+        The listings cache, where a path found to be a directory is recorded
+        (an HTTP page that lists links is one, whatever its info says).
 
     Notes
     -----
@@ -61,6 +104,7 @@ class VersionResolver:
         fetcher: Fetcher,
         router: ChunkRouter,
         target_path: Callable[[str], str] = str,
+        listings: ListingCache | None = None,
     ) -> None:
         self.config = config
         self.protocol = protocol
@@ -69,6 +113,7 @@ class VersionResolver:
         self.router = router
         self.chunk_size = config.chunk_size
         self.target_path = target_path
+        self.listings = listings
         #: Target ``info`` results, fresh for ``metadata_ttl``.
         self.infos = TTLCache(config.metadata_ttl)
         self._resolving: dict[str, asyncio.Future[FileVersion]] = {}
@@ -171,17 +216,33 @@ class VersionResolver:
         if size is None:
             raise OSError(f"the origin reports no size for {tpath}")
         version = FileVersion(self.protocol, tpath, int(size), version_token(info))
-        known = self.metadata.get(self.protocol, tpath)
-        self.metadata.put(version)
+        # An expired version counts: its chunks are dead weight all the same.
+        known = self.metadata.recorded(self.protocol, tpath)
+        self.metadata.put(version, info_mtime(info))
         if known is not None and known != version:
             self.drop_chunks(known)  # the origin changed: dead weight
         return version
 
+    def is_directory(self, tpath: str) -> bool:
+        """Return whether ``tpath`` is recorded as a directory (no I/O)."""
+        listings = self.listings
+        return listings is not None and (
+            listings.get(self.protocol, "dir", tpath) is not None
+        )
+
+    def note_directory(self, tpath: str) -> None:
+        """Record that ``tpath`` is a directory, for this node's processes."""
+        if self.listings is not None:
+            self.listings.put(self.protocol, "dir", tpath, [])
+
     async def info(self, tpath: str) -> dict[str, Any]:
         """Return the target's ``info`` of ``tpath``, cached.
 
-        A missing file is remembered like a version, and with
-        ``metadata_ttl=None`` a known version answers without the origin.
+        One rule with :meth:`version`: a fresh version (this process, or a
+        record another process left) answers without the origin, as a
+        remembered miss or directory does; ``metadata_ttl`` says how long
+        each is fresh (``None``: forever, so a warmed cache answers with the
+        origin unreachable).
         """
         cached = self.infos.get(tpath)
         if cached is not None:
@@ -190,27 +251,46 @@ class VersionResolver:
             # A warmed store's absent keys (zarr's probes) cost no origin
             # request, offline included.
             raise FileNotFoundError(tpath)
-        if self.config.metadata_ttl is None:
-            # Versions are trusted forever: a warmed cache answers for its
-            # files without the origin (which may be unreachable).
-            known = self.metadata.get(self.protocol, tpath)
-            if known is not None:
-                return {
-                    "name": tpath,
-                    "size": known.size,
-                    "type": "file",
-                    "version": known.token,
-                }
+        if self.is_directory(tpath):
+            return {"name": tpath, "size": 0, "type": "directory"}
+        known = self.metadata.get(self.protocol, tpath)
+        info: dict[str, Any]
+        if known is not None:
+            info = {
+                "name": tpath,
+                "size": known.size,
+                "type": "file",
+                "version": known.token,
+            }
+            mtime = self.metadata.mtime(self.protocol, tpath)
+            if mtime is not None:
+                info["mtime"] = mtime
+            return info
         try:
-            info: dict[str, Any] = await self.fetcher.info(tpath)
+            info = await self.fetcher.info(tpath)
         except FileNotFoundError as exc:
             if is_absent(exc):
                 self.metadata.put_missing(self.protocol, tpath)
             raise
+        if await self._lists_links(tpath, info):
+            info = {"name": tpath, "size": 0, "type": "directory"}
+            self.note_directory(tpath)
         self.infos.put(tpath, info)
         if info.get("type") != "directory" and info.get("size") is not None:
             self.from_info(tpath, info)
         return dict(info)
+
+    async def _lists_links(self, tpath: str, info: dict[str, Any]) -> bool:
+        """Whether ``tpath`` is an HTTP page that is a directory listing.
+
+        fsspec's http reports every URL as a file; its ``isdir`` calls a page
+        of links a directory. Only an HTML page is asked (one GET).
+        """
+        if self.protocol not in _PAGE_PROTOCOLS or info.get("type") == "directory":
+            return False
+        if info.get("mimetype") != "text/html":
+            return False
+        return bool(await self.fetcher.metadata("isdir", tpath))
 
     async def resolve_span(
         self,

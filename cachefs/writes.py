@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from cachefs.fetch import Fetcher
-    from cachefs.metadata import TTLCache
+    from cachefs.listings import ListingCache
 
 __all__ = ["WritePassThrough", "WriteThroughFile"]
 
@@ -96,7 +96,7 @@ class WritePassThrough:
     if TYPE_CHECKING:  # provided by the filesystem this is mixed into
         fs: Any
         fetcher: Fetcher
-        _listings: TTLCache
+        listings: ListingCache
         asynchronous: bool
 
         @property
@@ -172,14 +172,14 @@ class WritePassThrough:
     async def _mkdir(
         self, path: str, create_parents: bool = True, **kwargs: Any
     ) -> None:
-        self._listings.clear()
+        self.listings.clear()
         await self.fetcher.call(
             "mkdir", self._target_path(path), create_parents=create_parents, **kwargs
         )
 
     @on_own_loop
     async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
-        self._listings.clear()
+        self.listings.clear()
         await self.fetcher.call("makedirs", self._target_path(path), exist_ok=exist_ok)
 
     @on_own_loop

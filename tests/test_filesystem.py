@@ -268,7 +268,12 @@ def test_fsspec_url_chaining_and_entry_point(origin, shard_files, cache_dir):
         f"cachefs::{url}", cachefs={"cache_dir": str(cache_dir)}
     )
     assert isinstance(fs, CacheFileSystem) and path == url
-    assert fs.unstrip_protocol(path) == f"cachefs::{url}"
+    # The unstripped form routes back: fsspec learns the target from it, and
+    # DuckDB routes it to a registered cachefs by its "cachefs://" prefix.
+    full = fs.unstrip_protocol(path)
+    assert full == f"cachefs://{url}"
+    with fsspec.open(full, cachefs={"cache_dir": str(cache_dir)}) as f:
+        assert f.read() == data
     # The entry point registers the protocol without importing cachefs first.
     code = (
         "import sys, fsspec\n"

@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("POSIX mount", ("cachefs.mount",)),
     ("data loaders", ("cachefs.data",)),
-    ("filesystem", ("cachefs.filesystem", "cachefs.writes")),
+    ("filesystem", ("cachefs.filesystem", "cachefs.namespace", "cachefs.writes")),
     (
         "file objects, prefetch, ranges",
         ("cachefs.file", "cachefs.prefetch", "cachefs.ranges"),
@@ -65,6 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cachefs.fetch",
             "cachefs.receive",
             "cachefs.metadata",
+            "cachefs.listings",
             "cachefs.buffers",
         ),
     ),
