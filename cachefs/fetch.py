@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.bridge import call
-from cachefs.buffers import read_into_buffer
+from cachefs.buffers import landing_buffer, pread_into, read_into_buffer, skip
 from cachefs.config import FetchConfig
 from cachefs.errors import (
     OriginResponseError,
@@ -38,6 +39,12 @@ __all__ = ["FetchStats", "Fetcher", "RangeRead"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Local file reads (``preadv``) in flight at once per process, on the
+#: loop's default executor: each thread it grows costs a malloc arena.
+LOCAL_READS = 2
+_local_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+_local_slots = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -306,21 +313,70 @@ class Fetcher:
         hi = read.end()
         if hi <= read.pos:
             return
+        if isinstance(self.target, LocalFileSystem):
+            await self._pread_local(read, hi)
+            return
         async with self._request_slot(hi - read.pos):
             data = await self._with_timeout(
                 self.call("cat_file", read.path, start=read.pos, end=hi)
             )
-        if len(data) != hi - read.pos:
-            if len(data) < hi - read.pos and not read.learned:
-                # A version known beforehand, and the file now ends earlier.
-                raise StaleVersionError(
-                    f"{read.path} changed at the origin: {read.what()} returned "
-                    f"{len(data)} bytes, the version being read has {read.size}; "
-                    "reopen it to read the new version"
-                )
-            raise ShortReadError(f"origin returned {len(data)} bytes for {read.what()}")
+        self._check_length(read, len(data), hi)
         self.stats.bytes += len(data)
         read.deliver_all(memoryview(data), read.pos, hi)
+
+    async def _pread_local(self, read: RangeRead, hi: int) -> None:
+        """Read a local file with ``preadv`` into landing buffers.
+
+        ``cat_file`` would build one ``bytes`` of the whole range in an
+        executor thread's malloc arena, which keeps it when freed, and each
+        of up to ``max_requests`` concurrent reads would grow the executor
+        by a thread (and an arena: 64 MiB of address space): a cold pass
+        then failed with ``MemoryError`` under ``ulimit -v``. Here the
+        chunks' own buffers (anonymous maps, returned to the kernel when
+        freed) are allocated on the loop and filled by ``preadv``: what the
+        page cache holds right there (``RWF_NOWAIT``: a copy, as a socket's
+        bytes are copied on the loop), the rest on the executor,
+        :data:`LOCAL_READS` at a time. Each buffer becomes its chunk.
+        """
+        sizes, pos = [], read.pos
+        while pos < hi:
+            sizes.append(min(read.piece - pos % read.piece, hi - pos))
+            pos += sizes[-1]
+        path = self.target._strip_protocol(read.path)
+        want = hi - read.pos
+        async with self._request_slot(want):
+            buffers = [landing_buffer(n) for n in sizes]
+            got = pread_into(path, read.pos, buffers, nowait=True)
+            if got < want:
+                loop = asyncio.get_running_loop()
+                slots = _local_slots.get(loop)
+                if slots is None:
+                    slots = _local_slots[loop] = asyncio.Semaphore(LOCAL_READS)
+                rest = skip(buffers, got)
+                async with slots:
+                    got += await self._with_timeout(
+                        loop.run_in_executor(
+                            None, pread_into, path, read.pos + got, rest
+                        )
+                    )
+        self._check_length(read, got, hi)
+        self.stats.bytes += got
+        for buf in buffers:
+            read.deliver(buf)
+
+    @staticmethod
+    def _check_length(read: RangeRead, got: int, hi: int) -> None:
+        """Refuse a generic read that returned another length than asked."""
+        if got == hi - read.pos:
+            return
+        if got < hi - read.pos and not read.learned:
+            # A version known beforehand, and the file now ends earlier.
+            raise StaleVersionError(
+                f"{read.path} changed at the origin: {read.what()} returned "
+                f"{got} bytes, the version being read has {read.size}; "
+                "reopen it to read the new version"
+            )
+        raise ShortReadError(f"origin returned {got} bytes for {read.what()}")
 
     async def _stream_s3(self, read: RangeRead) -> None:
         """One ranged GET of a presigned URL, landing in the chunks' buffers.
