@@ -294,7 +294,7 @@ def _winners(docs: Sequence[dict[str, Any]]) -> list[str]:
         "| scenario | row | best cachefs | best peer | cachefs ÷ peer | winner |",
         "|---|---|---|---|---|---|",
     ]
-    limits = ("memcpy", "copyto", "local", "ceiling", "bound", "model")
+    limits = ("memcpy", "copyto", "local", "ceiling", "bound", "model", "zero-copy")
     for doc in docs:
         mode = "quick" if doc.get("quick") else "full"
         groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
