@@ -161,6 +161,6 @@ def start_http_origin(root: Path) -> Any:
 
     origin = OriginProcess(root, latency=0.0)
     origin.label = (  # type: ignore[attr-defined]
-        "nginx not found: HTTPOrigin (aiohttp, in memory) in its own process"
+        "HTTPOrigin (aiohttp, in memory) in its own process: nginx not found"
     )
     return origin
