@@ -324,6 +324,66 @@ def test_version_change_seen_after_ttl(web, mounts, files):
     assert child(CAT, path) == [len(new), sha(new), len(new)]
 
 
+STATS = """
+import os
+print(os.getxattr(ARGS[0], "user.cachefs.stats").decode())
+"""
+
+
+def test_reread_never_reaches_the_daemon(web, mounts, files):
+    # keep_cache across opens of an unchanged version: the second pass is
+    # served by the kernel's page cache, not one read request reaches the
+    # daemon (its counters, read through the root's xattr).
+    m = mounts(web.url_for("data"))
+    data = files["data/shard-0001.bin"]
+    path = str(m.mountpoint / "shard-0001.bin")
+    assert child(CAT, path) == [len(data), sha(data), len(data)]
+    first = child(STATS, str(m.mountpoint))
+    assert child(CAT, path) == [len(data), sha(data), len(data)]
+    again = child(STATS, str(m.mountpoint))
+    assert first["reads"] > 0
+    assert first["read_bytes"] >= len(data)
+    assert first["largest_read"] >= 128 * 1024  # large requests, not pages
+    assert again["reads"] == first["reads"]
+    assert again["keep_cache_opens"] == first["keep_cache_opens"] + 1
+
+
+def test_new_version_pushed_to_the_kernel_within_ttl(web, mounts, files, tmp_path):
+    from cachefs import CacheFileSystem
+
+    ttl = 5.0
+    rel = "nested/deep/small.txt"
+    old = files[f"data/{rel}"]
+    cache = str(tmp_path / "cache")
+    m = mounts(web.url_for("data"), cache_dir=cache, metadata_ttl=ttl)
+    path = str(m.mountpoint / rel)
+    # Another job on the node learns the old version at t0 and records it
+    # in the shared cache dir: fresh for the mount until t0 + ttl.
+    fs = CacheFileSystem(
+        target_protocol="http",
+        cache_dir=cache,
+        chunk_size="1MiB",
+        metadata_ttl=ttl,
+        skip_instance_cache=True,
+    )
+    assert fs.cat_file(web.url_for(f"data/{rel}")) == old
+    t0 = time.monotonic()
+    time.sleep(ttl - 1.5)
+    # The kernel learns that record's size only now, and would keep it for
+    # its own ttl from now: until about t0 + 2 ttl without the push.
+    assert child(CAT, path) == [len(old), sha(old), len(old)]
+    new = b"a new version, longer than the old one\n" * 3
+    web.set_file(f"data/{rel}", new)
+    deadline = t0 + ttl + 2.5  # the ttl from when the version was learned
+    while True:
+        got = child(CAT, path)
+        if got == [len(new), sha(new), len(new)]:
+            break
+        assert time.monotonic() < deadline, f"old bytes or size still seen: {got}"
+        time.sleep(0.2)
+    assert child(STATS, str(m.mountpoint))["invalidated"] >= 1
+
+
 def test_offline_after_warming(files, mounts, tmp_path):
     names = ["shard-0001.bin", "nested/deep/small.txt", "array.npy"]
     with HTTPOrigin(files=dict(files)) as server:

@@ -22,7 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Mount", "check_mountpoint", "is_mounted", "mount", "unmount"]
+__all__ = [
+    "STATS_XATTR",
+    "Mount",
+    "check_mountpoint",
+    "is_mounted",
+    "mount",
+    "unmount",
+]
+
+#: The mount root's extended attribute that reads the daemon's counters
+#: (JSON): ``os.getxattr(mountpoint, STATS_XATTR)``; see :meth:`Mount.stats`.
+STATS_XATTR = "user.cachefs.stats"
 
 _EXTRA_HINT = "install the fuse extra: pip install 'cachefs[fuse]'"
 
@@ -110,6 +121,20 @@ class Mount:
     def pid(self) -> int:
         """The daemon's process id."""
         return self.process.pid
+
+    def stats(self) -> dict[str, int]:
+        """Return the daemon's counters (one request through the mount).
+
+        ``reads`` and ``read_bytes`` count the read requests that reached
+        the daemon (a read the kernel's page cache served is not one),
+        ``largest_read`` the largest asked for, ``inline_hits`` and
+        ``misses`` how they were served, ``opens`` and ``keep_cache_opens``
+        the opens and those that kept the page cache, ``invalidated`` the
+        inodes whose kernel cache was dropped for a new version.
+        """
+        raw = os.getxattr(self.mountpoint, STATS_XATTR)
+        stats: dict[str, int] = json.loads(raw)
+        return stats
 
     def unmount(self, timeout: float = 10.0) -> None:
         """Unmount and wait for the daemon to exit (killed after ``timeout``)."""

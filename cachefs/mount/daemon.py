@@ -147,6 +147,7 @@ def serve(
             nursery.start_soon(fuse_main)
             nursery.start_soon(on_signal)
             nursery.start_soon(ready)
+            nursery.start_soon(ops.invalidator)
 
     try:
         trio.run(run)

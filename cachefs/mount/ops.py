@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
+import math
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
@@ -29,6 +31,7 @@ import pyfuse3
 import trio
 
 from cachefs.errors import StaleVersionError
+from cachefs.mount.control import STATS_XATTR
 from cachefs.mount.reader import OpenFile
 from cachefs.mount.tree import Node, Tree
 
@@ -85,8 +88,27 @@ class CacheOperations(pyfuse3.Operations):
         self._next_fh = 1
         #: The version token each inode was last opened at.
         self._opened: dict[int, str] = {}
+        #: The version token last seen per inode (open, stat); a new one is
+        #: pushed to the kernel (:meth:`invalidator`).
+        self._seen: dict[int, str] = {}
+        self._stale_send, self._stale_recv = trio.open_memory_channel[int](math.inf)
         self._logged: set[tuple[str, str]] = set()
         self._uid, self._gid = os.getuid(), os.getgid()
+        #: Counters read through :data:`STATS_XATTR`: what reached the
+        #: daemon (a read the kernel's page cache served is not here).
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "opens",
+                "keep_cache_opens",
+                "reads",
+                "read_bytes",
+                "largest_read",
+                "inline_hits",
+                "misses",
+                "invalidated",
+            ),
+            0,
+        )
 
     # -- crossing into the cache's loop ----------------------------------------
 
@@ -118,6 +140,38 @@ class CacheOperations(pyfuse3.Operations):
             fut.cancel()
             raise TimeoutError(f"no answer from the cache within {bound:g} s")
         return fut.result()
+
+    # -- telling the kernel of new versions --------------------------------------
+
+    def saw_version(self, inode: int, token: str) -> None:
+        """Note that ``inode`` is at version ``token``; a new one drops its caches.
+
+        The kernel keeps a file's attributes for the attribute timeout from
+        whenever it last asked, and its pages while it holds them, so a
+        version the cache learns (here, from the origin or from a record
+        another process on the node left) would show only that much later.
+        A changed token is queued for :meth:`invalidator`, which tells the
+        kernel to forget the inode's attributes and pages at once.
+        """
+        before = self._seen.get(inode)
+        self._seen[inode] = token
+        if before is not None and before != token:
+            self._stale_send.send_nowait(inode)
+
+    async def invalidator(self) -> None:
+        """Push the queued inodes' invalidations to the kernel, until cancelled.
+
+        Run as a task of its own, never inside a request handler: the
+        kernel's notification must not wait on a request this process is
+        still answering, so each goes from a worker thread.
+        """
+        async for inode in self._stale_recv:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+            except OSError as exc:  # ENOENT: the kernel holds nothing of it
+                log.debug("cachefs mount: invalidating inode %d: %s", inode, exc)
+                continue
+            self.stats["invalidated"] += 1
 
     def _fail(self, exc: BaseException, what: str, path: str | None) -> NoReturn:
         code = errno_of(exc)
@@ -167,6 +221,10 @@ class CacheOperations(pyfuse3.Operations):
             node = await self.on_loop(self.tree.refresh, inode)
         except Exception as exc:
             self._fail(exc, "stat", self.tree.path_of(inode))
+        if not node.is_dir:
+            version = self.fs.resolver.known(node.path)
+            if version is not None:
+                self.saw_version(inode, version.token)
         return self._attrs(node)
 
     # -- directories -----------------------------------------------------------
@@ -212,12 +270,18 @@ class CacheOperations(pyfuse3.Operations):
         # read the same version; a new one drops it (no keep_cache).
         keep = self._opened.get(inode) == version.token
         self._opened[inode] = version.token
+        # Attributes the kernel holds may be older than this version (its
+        # timer started when it last asked): they are dropped now, not at
+        # their timeout; this open already drops the pages (no keep_cache).
+        self.saw_version(inode, version.token)
+        self.stats["opens"] += 1
         fh = self._next_fh
         self._next_fh += 1
         self._files[fh] = OpenFile(
             version, self.fs.router, self.fs.chunk_size, self.fs.readahead
         )
         direct = self.direct_io or bool(flags & getattr(os, "O_DIRECT", 0))
+        self.stats["keep_cache_opens"] += keep and not direct
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not direct, direct_io=direct)
 
     # pyfuse3 takes any contiguous buffer; its stub says bytes.
@@ -226,9 +290,16 @@ class CacheOperations(pyfuse3.Operations):
         f = self._files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        stats = self.stats
+        stats["reads"] += 1
+        stats["read_bytes"] += size
+        if size > stats["largest_read"]:
+            stats["largest_read"] = size
         view = f.cached(off, size)
         if view is not None:
+            stats["inline_hits"] += 1
             return view
+        stats["misses"] += 1
         miss = f.miss(off, size)
         try:
             views = await self.on_loop(f.fetch, miss)
@@ -246,6 +317,12 @@ class CacheOperations(pyfuse3.Operations):
         f = self._files.pop(fh, None)
         if f is not None:
             f.close()
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        """Return the daemon's counters as JSON for :data:`STATS_XATTR` on the root."""
+        if inode == pyfuse3.ROOT_INODE and os.fsdecode(name) == STATS_XATTR:
+            return json.dumps(self.stats).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         """Return a read-only filesystem's statistics (no free space)."""

@@ -90,10 +90,13 @@ class OpenFile:
             return memoryview(b"")
         self._note(start, stop)
         keys = span_keys(self.version, self.chunk_size, start, stop)
-        views = [self._get(k) for k in keys]
-        if any(v is None for v in views):
-            return None
-        return self._assemble(keys, views, start, stop)  # type: ignore[arg-type]
+        views = []
+        for key in keys:
+            view = self._get(key, max(start, key.start), min(stop, key.stop))
+            if view is None:
+                return None
+            views.append(view)
+        return self._assemble(keys, views, start, stop)
 
     def miss(self, offset: int, length: int) -> Miss:
         """Return what a read that :meth:`cached` could not serve must fetch."""
@@ -118,12 +121,23 @@ class OpenFile:
 
     # -- helpers -------------------------------------------------------------
 
-    def _get(self, key: ChunkKey) -> memoryview | None:
+    def _get(self, key: ChunkKey, start: int, stop: int) -> memoryview | None:
+        """Return chunk ``key``'s view, verified over file bytes ``[start, stop)``.
+
+        A chunk mapped from disk is checked per block as it is read
+        (:meth:`ChunkRouter.get_span`), so a 4 KiB first touch reads and
+        checks one block, not the whole chunk; it is kept in hand only once
+        it is verified whole.
+        """
         view = self._held.get(key.index)
-        if view is None:
-            view = self.router.get_cached(key)
-            if view is not None:
-                self._hold(key.index, view)
+        if view is not None:
+            return view
+        found = self.router.get_span(key, start - key.start, stop - key.start)
+        if found is None:
+            return None
+        view, whole = found
+        if whole:
+            self._hold(key.index, view)
         return view
 
     def _hold(self, index: int, view: memoryview) -> None:
