@@ -322,7 +322,10 @@ def _shard_loader(spec: Spec) -> Callable[[], dict[str, Any]]:
             samples += n
             payload += nbytes
         # The workers filled the disk tier; what they wrote is stored when
-        # they exit (DataLoader joins them at the end of the epoch).
+        # they exit (DataLoader joins them at the end of the epoch). Every
+        # sample delivered means every shard's bytes landed.
+        if samples != sum(spec["counts"]):
+            raise OSError(f"{samples} samples, expected {sum(spec['counts'])}")
         return {"bytes": sum(spec["sizes"]), "samples": samples, "payload": payload}
 
     return run
