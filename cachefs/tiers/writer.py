@@ -50,12 +50,16 @@ class WriterStats:
         Times the thread took what was queued (each wakes every loop once).
     chunks
         Chunks written (or refused by the tier).
+    wakeups
+        Event-loop wake-ups the thread asked for: one per loop per batch,
+        whatever the number of chunks and stores in it.
     waits
         Stores that waited for room under :attr:`DiskWriter.limit`.
     """
 
     batches: int = 0
     chunks: int = 0
+    wakeups: int = 0
     waits: int = 0
 
 
@@ -153,6 +157,7 @@ class DiskWriter:
                 loops.setdefault(loop, []).append(room)
             for loop, done in loops.items():
                 # One wake-up of each loop for the whole batch.
+                self.stats.wakeups += 1
                 with contextlib.suppress(RuntimeError):  # its loop is closed
                     loop.call_soon_threadsafe(_finish, done)
 

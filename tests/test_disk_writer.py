@@ -1,0 +1,105 @@
+"""The disk writer thread batches: many chunks, few batches and loop wake-ups.
+
+Each test counts (``DiskWriter.stats``), never times: a batch is whatever
+was queued when the thread took the queue, so the tests arrange what is
+queued by holding the thread inside a write until the rest is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from cachefs import CacheFileSystem
+from cachefs.chunks import ChunkKey, FileVersion
+from cachefs.policy import make_policy
+from cachefs.tiers.disk import DiskTier
+from cachefs.tiers.writer import WRITER, DiskWriter
+
+KiB = 2**10
+CHUNKS = 32
+
+
+class HeldTier(DiskTier):
+    """A real disk tier whose first ``put_many`` waits until released."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[int] = []
+
+    def put_many(self, items):
+        self.calls.append(len(items))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().put_many(items)
+
+
+def _keys(n: int) -> list[ChunkKey]:
+    version = FileVersion("memory", "/writer/data", n * 4 * KiB, "v1")
+    return [version.key(4 * KiB, i) for i in range(n)]
+
+
+def test_stores_queued_behind_a_write_go_out_as_one_batch(tmp_path):
+    tier = HeldTier(tmp_path / "disk", 2**30, make_policy("lru"))
+    writer = DiskWriter()
+    keys = _keys(CHUNKS + 1)
+    payloads = {k: memoryview(bytes([k.index % 251]) * k.length) for k in keys}
+
+    async def main() -> None:
+        # The first store occupies the thread; the next CHUNKS stores (one
+        # chunk each, as separate fills hand them over) queue behind it.
+        first = asyncio.ensure_future(
+            writer.store(tier, [(keys[0], payloads[keys[0]])])
+        )
+        assert await asyncio.to_thread(tier.entered.wait, 30)
+        rest = [
+            asyncio.ensure_future(writer.store(tier, [(k, payloads[k])]))
+            for k in keys[1:]
+        ]
+        await asyncio.sleep(0)  # every store queues before its first await
+        assert writer.pending == sum(k.length for k in keys)
+        tier.release.set()
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(main())
+    assert writer.stats.chunks == CHUNKS + 1
+    # One batch for the first chunk, one for all the rest: the thread took
+    # the queue whole and wrote it under one put_many (one usage lock).
+    assert writer.stats.batches == 2
+    assert tier.calls == [1, CHUNKS]
+    assert writer.stats.wakeups == 2  # one loop, woken once per batch
+    for key in keys:
+        view = tier.get(key)
+        assert view is not None and bytes(view) == bytes(payloads[key])
+
+
+def test_a_cold_read_publishes_its_chunks_in_fewer_batches(tmp_path):
+    # One coalesced origin read of a file of CHUNKS chunks hands them to the
+    # writer as one store: one batch, one wake-up, CHUNKS chunks.
+    data = bytes(range(256)) * (CHUNKS * 64 * KiB // 256)
+    origin = tmp_path / "origin.bin"
+    origin.write_bytes(data)
+    fs = CacheFileSystem(
+        target_protocol="file",
+        cache_dir=str(tmp_path / "cache"),
+        chunk_size="64KiB",
+        ram_limit=0,
+        skip_instance_cache=True,
+    )
+    try:
+        fs.wait_idle()
+        before = (WRITER.stats.batches, WRITER.stats.chunks, WRITER.stats.wakeups)
+        assert fs.cat_file(str(origin)) == data
+        fs.wait_idle()
+        batches, chunks, wakeups = (
+            WRITER.stats.batches - before[0],
+            WRITER.stats.chunks - before[1],
+            WRITER.stats.wakeups - before[2],
+        )
+    finally:
+        fs.close()
+    assert chunks == CHUNKS
+    assert batches == 1 and wakeups == 1, (batches, wakeups)
