@@ -116,7 +116,37 @@ def _save(plt: Any, fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
+def crowded(fig: Any) -> list[str]:
+    """Return what is unreadable in ``fig`` once drawn.
+
+    Overlapping y tick labels, and legends in smaller type than their axes'
+    labels; an empty list when neither occurs.
+    """
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        labels = [t for t in ax.get_yticklabels() if t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for i in range(1, len(boxes)):
+            if boxes[i - 1].overlaps(boxes[i]):
+                pair = f"{labels[i - 1].get_text()!r} / {labels[i].get_text()!r}"
+                found.append(f"y labels overlap: {pair}")
+        legend = ax.get_legend()
+        if legend is not None:
+            size = min(t.get_fontsize() for t in legend.get_texts())
+            if size < ax.xaxis.label.get_fontsize():
+                found.append(f"legend type {size} < axis label type")
+    return found
+
+
 def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    made = _throughput_figure(docs)
+    if made is None:
+        return None
+    return _save(made[0], made[1], out / "throughput.png", dpi=100)
+
+
+def _throughput_figure(docs: Sequence[dict[str, Any]]) -> tuple[Any, Any] | None:
     plt = _pyplot()
 
     panels = []
@@ -131,10 +161,21 @@ def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
             panels.append((f"{doc['scenario']} ({mode})", bars))
     if not panels:
         return None
-    height = sum(1.0 + 0.55 * len(b) for _, b in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, height), squeeze=False)
-    for ax, (name, bars) in zip(axes[:, 0], panels, strict=True):
-        labels = [_wrap(f"{system} — {row}") for row, system, _ in bars]
+    # Each panel as tall as its labels need (a wrapped label takes two
+    # lines): with equal heights, a panel of many two-line labels (the
+    # compression scenario's 18) was squeezed until its labels overlapped.
+    wrapped = [[_wrap(f"{system} — {row}") for row, system, _ in b] for _, b in panels]
+    bar_heights = [
+        sum(0.12 + 0.2 * (1 + lab.count("\n")) for lab in labs) for labs in wrapped
+    ]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(9, sum(1.3 + h for h in bar_heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": bar_heights},
+    )
+    for ax, (name, bars), labels in zip(axes[:, 0], panels, wrapped, strict=True):
         values = [v for _, _, v in bars]
         drawn = ax.barh(labels, values, color=[_color(system) for _, system, _ in bars])
         ax.bar_label(drawn, fmt="%.0f", padding=3, fontsize=_FONT - 2)
@@ -147,7 +188,7 @@ def _plot_throughput(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
         ax.set_title(name, fontsize=_FONT + 1, loc="left")
         ax.invert_yaxis()
         ax.tick_params(axis="both", labelsize=_FONT - 2)
-    return _save(plt, fig, out / "throughput.png", dpi=100)
+    return plt, fig
 
 
 def _plot_epochs(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -215,6 +256,13 @@ def _plot_wait(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
 
 def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None:
     """Samples/s and origin ÷ dataset per epoch for cachefs and its peers."""
+    made = _loader_peers_figure(docs)
+    if made is None:
+        return None
+    return _save(made[0], made[1], out / "loader_peers.png", dpi=100)
+
+
+def _loader_peers_figure(docs: Sequence[dict[str, Any]]) -> tuple[Any, Any] | None:
     doc = next((d for d in docs if d["scenario"] == "loader_peers"), None)
     if doc is None:
         return None
@@ -243,7 +291,11 @@ def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None
             return {"color": "#f5b041", "linestyle": "--"}
         return {"color": _color(system), "linestyle": "-"}
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    # Legends go below their plots in the axis labels' type: inside, in
+    # smaller type, the left one (8 entries) covered the lines and could not
+    # be read at the page's width.
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 8.5))
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.14), "fontsize": _FONT}
     for key, values in rate.items():
         epochs = sorted(values)
         look = style(key)
@@ -253,7 +305,7 @@ def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None
     left.set_xlabel("epoch (0 = cold)", fontsize=_FONT)
     left.set_ylabel("samples/s (2 workers, batch 32)", fontsize=_FONT)
     left.set_title("Samples/s per epoch", fontsize=_FONT + 1, loc="left")
-    left.legend(fontsize=_FONT - 4)
+    left.legend(**below)
     for system, values in origin.items():
         epochs = sorted(values)
         right.plot(
@@ -271,13 +323,13 @@ def _plot_loader_peers(docs: Sequence[dict[str, Any]], out: Path) -> Path | None
     right.set_ylabel("origin bytes ÷ dataset", fontsize=_FONT)
     right.set_title("Cache = half the dataset", fontsize=_FONT + 1, loc="left")
     right.set_ylim(bottom=0)
-    right.legend(fontsize=_FONT - 3)
+    right.legend(**below)
     for ax in (left, right):
         ax.tick_params(labelsize=_FONT - 1)
         ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
     mode = "quick" if doc.get("quick") else "full"
     fig.suptitle(f"loader_peers ({mode}): S3 via a 20 ms proxy", fontsize=_FONT + 1)
-    return _save(plt, fig, out / "loader_peers.png", dpi=100)
+    return plt, fig
 
 
 def _is_cachefs(system: str) -> bool:

@@ -73,3 +73,52 @@ def test_machine_info_names_the_cachefs_that_ran(
 
     monkeypatch.setattr(cachefs, "__version__", "9.9.9+ran")
     assert machine_info()["packages"]["cachefs"] == "9.9.9+ran"
+
+
+def _scenario(name: str, rows: list[Row]) -> dict[str, object]:
+    return {**_doc(name, True, rows), "started_at": "t", "duration_s": 1.0}
+
+
+def test_throughput_labels_do_not_overlap() -> None:
+    # The compression scenario's 18 two-line labels beside short panels: with
+    # equal panel heights its labels were drawn over each other (issue 21).
+    from bench.publish import _throughput_figure, crowded
+
+    rows = [
+        Row(f"{data}: {how}", f"compression={codec}", 1.0 + i, "GB/s")
+        for data in ("tokens u16", "tokens u32", "random")
+        for how in ("warm read, new process", "repeat read, same process")
+        for i, codec in enumerate(("none", "lz4", "zstd"))
+    ]
+    short = [Row("seq", "cachefs", 2.0, "GB/s"), Row("seq", "s3fs", 1.0, "GB/s")]
+    docs = [_scenario(f"s{i}", short) for i in range(4)]
+    made = _throughput_figure([*docs, _scenario("compression", rows)])
+    assert made is not None
+    plt, fig = made
+    fig.tight_layout()
+    assert crowded(fig) == []
+    plt.close(fig)
+
+
+def test_loader_peers_legends_are_readable() -> None:
+    from bench.publish import _loader_peers_figure, crowded
+
+    rows = [
+        Row(f"{config}: samples/s, epoch {e}", system, 100.0 * (e + 1), "samples/s",
+            detail={"config": config, "epoch": e})
+        for config in ("big", "half")
+        for system in ("cachefs ShardDataset", "webdataset + cachefs::s3",
+                       "LitData StreamingDataset", "MosaicML streaming (MDS)")
+        for e in range(3)
+    ] + [
+        Row(f"half: origin ÷ dataset, epoch {e}", "cachefs ShardDataset", 0.52,
+            "x dataset", detail={"config": "half", "epoch": e, "bound": 0.5})
+        for e in range(3)
+    ]  # fmt: skip
+    made = _loader_peers_figure([_scenario("loader_peers", rows)])
+    assert made is not None
+    plt, fig = made
+    fig.tight_layout()
+    assert crowded(fig) == []
+    assert len(fig.axes) == 2 and all(ax.get_legend() for ax in fig.axes)
+    plt.close(fig)
