@@ -229,12 +229,21 @@ def _chained(spec: Spec) -> tuple[str, dict[str, Any]]:
     return "http", {}
 
 
-def _fsspec_open(spec: Spec) -> Callable[[], dict[str, Any]]:
+def _preload(spec: Spec) -> None:
+    """Import every module a cachefs or fsspec pass needs before the clock."""
     import fsspec
+    import fsspec.implementations.cached
 
     import cachefs  # noqa: F401
 
-    fsspec.get_filesystem_class("cachefs")
+    for protocol in ("cachefs", "simplecache", "s3" if spec.get("s3") else "http"):
+        fsspec.get_filesystem_class(protocol)
+
+
+def _fsspec_open(spec: Spec) -> Callable[[], dict[str, Any]]:
+    import fsspec
+
+    _preload(spec)
     kind = spec["system"]
     protocol, target = _chained(spec)
     options = spec.get("options", {})
@@ -280,6 +289,8 @@ def _cachefs_fs(spec: Spec) -> Any:
 
 
 def _prefetch(spec: Spec) -> Callable[[], dict[str, Any]]:
+    _preload(spec)
+
     def run() -> dict[str, Any]:
         fs = _cachefs_fs(spec)
         handle = fs.prefetch(spec["urls"])
@@ -306,9 +317,11 @@ def _collate(batch: list[tuple[int, int]]) -> tuple[int, int]:
 def _shard_loader(spec: Spec) -> Callable[[], dict[str, Any]]:
     import torch.utils.data as tud
 
-    def run() -> dict[str, Any]:
-        from cachefs.data.dataset import ShardDataset
+    from cachefs.data.dataset import ShardDataset
 
+    _preload(spec)
+
+    def run() -> dict[str, Any]:
         fs = _cachefs_fs(spec)
         ds = ShardDataset(
             spec["urls"], fs, decode=_sample, sample_counts=spec["counts"], seed=0
