@@ -25,6 +25,7 @@ from bench import (
     compression,
     consumer_wait,
     disk_writes,
+    dlio,
     epoch_scan,
     hot_path,
     loader_peers,
@@ -65,6 +66,7 @@ SCENARIOS: dict[str, Scenario] = {
     "user_random_fresh": user_reads.run_random_fresh,
     "user_small_reads": user_reads.run_small_reads,
     "mount": mount.run,
+    "dlio": dlio.run,
     "cold_fill": cold_fill.run,
 }
 
