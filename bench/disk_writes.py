@@ -14,9 +14,14 @@ time of the writing thread and the wall time, for:
 - batch size: the same bytes written in 1 MiB pieces as they arrive, and
   four chunks in one ``writev`` (per-chunk cost of bigger batches).
 
-and, for each, the cost of reading the chunk back with ``mmap`` and a
-checksum right after (what the next epoch pays): writes that skip or drop the
-page cache make that read go to the device. Rows report CPU ms per chunk;
+and, for each, the cost of reading the chunks back with ``mmap`` and a
+checksum once a repeat's chunks are written and synced (what the next epoch
+pays): writes that skip or drop the page cache make that read go to the
+device. The details give the fill's CPU in s/GiB, its MB/s until the bytes
+are on the device (``os.sync`` after the repeat: buffered writes are not
+done when ``write`` returns), and the read-back's MB/s. Set ``BENCH_TMP`` to
+a directory on a real disk (``/tmp`` may be tmpfs, which refuses
+``O_DIRECT``). Rows report CPU ms per chunk;
 ratios are against ``DiskTier.put`` (> 1: cheaper than cachefs). No target:
 this scenario is the measurement behind the choice in docs/operations.md.
 """
@@ -44,16 +49,16 @@ PIECE = 1 << 20
 BATCH = 4
 
 
-def _read_back(path: str) -> float:
-    """Seconds of CPU to map ``path`` and checksum it (the next hit's cost)."""
-    c0 = time.thread_time()
+def _read_back(path: str) -> tuple[float, float]:
+    """CPU and wall seconds to map ``path`` and checksum it (the next hit's cost)."""
+    c0, t0 = time.thread_time(), time.perf_counter()
     fd = os.open(path, os.O_RDONLY)
     try:
         with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
             crc32c.crc32c(mapped)
     finally:
         os.close(fd)
-    return time.thread_time() - c0
+    return time.thread_time() - c0, time.perf_counter() - t0
 
 
 def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
@@ -134,7 +139,10 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
     write_ms: dict[str, list[float]] = {}
     read_ms: dict[str, list[float]] = {}
     wall_ms: dict[str, list[float]] = {}
+    fill_mbs: dict[str, list[float]] = {}
+    read_mbs: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
+    paths: list[str] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         writers = _writers(Path(tmp), data)
         n = 0
@@ -142,21 +150,36 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
             for name, write in writers.items():  # interleaved
                 if name in failed:
                     continue
-                cpu = wall = back = 0.0
+                cpu = wall = back = back_wall = 0.0
                 try:
+                    os.sync()  # start clean: no writeback of others billed
+                    t_fill = time.perf_counter()
                     for _ in range(chunks):
                         c0, t0 = time.thread_time(), time.perf_counter()
                         path = write(n)
                         cpu += time.thread_time() - c0
                         wall += time.perf_counter() - t0
-                        back += _read_back(path) if path else 0.0
                         n += 1
+                        if path:
+                            paths.append(path)
+                    os.sync()  # buffered bytes are on the device only now
+                    fill_s = time.perf_counter() - t_fill
+                    for path in paths:  # the next epoch reads them back
+                        c_back, w_back = _read_back(path)
+                        back += c_back
+                        back_wall += w_back
+                    paths.clear()
                 except OSError as exc:  # e.g. no O_DIRECT on this filesystem
                     failed[name] = f"{type(exc).__name__}: {exc}"
+                    paths.clear()
                     continue
                 write_ms.setdefault(name, []).append(1e3 * cpu / chunks)
                 wall_ms.setdefault(name, []).append(1e3 * wall / chunks)
                 read_ms.setdefault(name, []).append(1e3 * back / chunks)
+                fill_mbs.setdefault(name, []).append(chunks * CHUNK / fill_s / 1e6)
+                read_mbs.setdefault(name, []).append(
+                    chunks * CHUNK / back_wall / 1e6 if back_wall else float("nan")
+                )
     rows = []
     base = statistics.median(write_ms["DiskTier.put"])
     for name in write_ms:
@@ -172,7 +195,12 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                 ratio=base / value if value else None,
                 detail={
                     "wall_ms_per_chunk": statistics.median(wall_ms[name]),
+                    "fill_cpu_s_per_gib": statistics.median(write_ms[name])
+                    * (2**30 / CHUNK)
+                    / 1e3,
+                    "fill_mb_s_synced": statistics.median(fill_mbs[name]),
                     "read_back_cpu_ms_per_chunk": statistics.median(read_ms[name]),
+                    "read_back_mb_s": statistics.median(read_mbs[name]),
                     "chunks_per_repeat": chunks,
                     "repeats": repeats,
                 },
