@@ -24,10 +24,10 @@ from cachefs.errors import OriginResponseError
 from cachefs.fetch import Fetcher
 from cachefs.tiers.base import AsyncTier, NodeTier, ProcessLock, Tier
 from cachefs.tiers.diskset import DiskSet
-from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, retrieve
+from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, keep_taken, retrieve
 from cachefs.tiers.staging import Staging
-from cachefs.tiers.writer import WRITER
 from cachefs.tiers.waits import Turn, fetch_budget, wait_turn
+from cachefs.tiers.writer import WRITER
 
 if TYPE_CHECKING:
     from cachefs.tiers.disk import DiskTier
@@ -151,8 +151,7 @@ class ChunkRouter:
         if staging is not None:
             view = staging.take(key)
             if view is not None:
-                if ram is not None:
-                    ram.put(key, view)
+                keep_taken(ram, self.disk, key, view)
                 return view
         if self.disk is None:
             return None
@@ -222,8 +221,8 @@ class ChunkRouter:
                     # shield: a cancelled reader must not cancel a shared fetch.
                     views[i] = await asyncio.shield(waiting[key])
                     staged = self.staging.take(key) if self.staging else None
-                    if staged is not None and self.ram is not None:
-                        self.ram.put(key, staged)
+                    if staged is not None:
+                        keep_taken(self.ram, self.disk, key, staged)
         finally:
             self.stats.wait_seconds += time.perf_counter() - began
         return views  # type: ignore[return-value]
@@ -466,6 +465,7 @@ class ChunkRouter:
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
             await asyncio.shield(write)
+            self.fills.release_stored(disk, items)  # the page cache has them
         if publish and self._below is not None:
             # Write-back to the shared tier, in the background.
             self.track(asyncio.get_running_loop().create_task(self._publish(items)))

@@ -17,8 +17,8 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 
-from cachefs.buffers import landing_buffer
 from cachefs.errors import ShortReadError
+from cachefs.receive.landing import POOL
 from cachefs.receive.parse import Head, HTTPProtocolError, parse_head
 
 __all__ = ["Connection"]
@@ -175,7 +175,7 @@ class Connection(asyncio.BufferedProtocol):
                     self._scratch = memoryview(bytearray(_SKIP))
                 return self._scratch[: min(self._skip, _SKIP)]
             if self._cur is None and self._sizes:
-                self._cur = landing_buffer(self._sizes.popleft())
+                self._cur = POOL.take(self._sizes.popleft())
                 self._got = 0
             if self._cur is not None:
                 return self._cur[self._got :]

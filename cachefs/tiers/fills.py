@@ -18,12 +18,20 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from cachefs.buffers import HUGE_PAGE
 from cachefs.chunks import ChunkKey
 from cachefs.errors import ShortReadError
 from cachefs.tiers.base import NodeTier, ProcessLock, Tier
 from cachefs.tiers.staging import Staging
 
-__all__ = ["Arrivals", "Fills", "adjacent_runs", "retrieve"]
+__all__ = [
+    "Arrivals",
+    "Fills",
+    "adjacent_runs",
+    "disk_serves",
+    "keep_taken",
+    "retrieve",
+]
 
 
 def retrieve(fut: asyncio.Future[Any]) -> None:
@@ -49,6 +57,31 @@ def adjacent_runs(keys: Iterable[ChunkKey], cap: int) -> Iterator[list[ChunkKey]
         run.append(key)
     if run:
         yield run
+
+
+def disk_serves(disk: NodeTier | None, key: ChunkKey) -> bool:
+    """Whether ``disk`` holds ``key`` as a plain record it serves in place.
+
+    Such a chunk needs no RAM copy: a disk hit maps the file, whose pages
+    are the page cache (a compressed record is decoded on every hit, so
+    RAM keeps the decoded bytes).
+    """
+    if disk is None:
+        return False
+    tier = disk.tier_for(key)
+    return getattr(tier, "codec", None) is None and tier.contains(key)
+
+
+def keep_taken(
+    ram: Tier | None, disk: NodeTier | None, key: ChunkKey, view: memoryview
+) -> None:
+    """Keep a chunk taken from staging in RAM, unless ``disk`` serves it.
+
+    Only chunks of a huge page and more are left to the disk: a small one
+    costs RAM little, and a hit there is cheaper than mapping its file.
+    """
+    if ram is not None and (view.nbytes < HUGE_PAGE or not disk_serves(disk, key)):
+        ram.put(key, view)
 
 
 class Fills:
@@ -77,6 +110,8 @@ class Fills:
         self.staging = staging
         self.inflight: dict[ChunkKey, asyncio.Future[memoryview]] = {}
         self.prefetching: set[ChunkKey] = set()
+        #: Fetched chunks RAM let go of once the disk tier had them.
+        self.released = 0
 
     def begin(
         self, key: ChunkKey, loop: asyncio.AbstractEventLoop, *, prefetch: bool
@@ -141,6 +176,31 @@ class Fills:
         fut = self.inflight.get(key)
         if fut is not None and not fut.done():
             fut.set_result(view)
+
+    def release_stored(
+        self, disk: NodeTier | None, items: Iterable[tuple[ChunkKey, memoryview]]
+    ) -> None:
+        """Drop from RAM the fetched ``items`` that ``disk`` now serves in place.
+
+        Kept in RAM, every chunk a cold pass lands is fresh memory the kernel
+        must fault in and zero, and the same bytes sit twice in memory (the
+        landing buffer and the page cache the disk write filled). Let go,
+        the buffer is freed once its readers are done with it and the next
+        chunk lands in it (:mod:`cachefs.receive.landing`); a later hit
+        maps the disk record, verified once per process. Chunks under a huge
+        page stay (see :func:`keep_taken`).
+        """
+        ram = self.ram
+        if ram is None or disk is None:
+            return
+        for key, view in items:
+            if (
+                view.nbytes >= HUGE_PAGE
+                and ram.contains(key)
+                and disk_serves(disk, key)
+            ):
+                ram.discard(key)
+                self.released += 1
 
     def fail(self, keys: Iterable[ChunkKey], exc: BaseException) -> None:
         """Hand a failed (or cancelled) fetch to the readers of ``keys``."""
