@@ -10,7 +10,7 @@ served. Targets: warm AU >= 0.98x local AU; cold epoch AU >= 90%.
 
 DLIO runs in its own virtual environment, never the project's (its pins
 clash): ``CACHEFS_DLIO_PYTHON`` names its interpreter (default
-``/work/dliovenv/bin/python`` where it exists). Without DLIO the scenario
+``dliovenv/bin/python`` beside the repository's folder). Without DLIO the scenario
 is skipped, with the reason in its one row. Install (docs/mount.md)::
 
     python3 -m venv dliovenv
@@ -95,7 +95,8 @@ main()
 
 def dlio_python() -> tuple[str | None, str]:
     """Return DLIO's interpreter, or ``None`` and why it cannot run."""
-    python = os.environ.get("CACHEFS_DLIO_PYTHON", "/work/dliovenv/bin/python")
+    beside = Path(__file__).resolve().parents[2] / "dliovenv" / "bin" / "python"
+    python = os.environ.get("CACHEFS_DLIO_PYTHON", str(beside))
     if not Path(python).exists():
         return None, f"no DLIO interpreter at {python} (set CACHEFS_DLIO_PYTHON)"
     probe = subprocess.run(
