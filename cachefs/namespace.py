@@ -15,6 +15,7 @@ under the metadata TTL rules, on disk too (:mod:`cachefs.listings`).
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,20 @@ def strip_cachefs(path: Any) -> Any:
         if path.startswith(prefix):
             return path[len(prefix) :]
     return path
+
+
+def _params(kwargs: dict[str, Any]) -> str | None:
+    """Return the key part of a listing call's arguments; ``None``: uncached.
+
+    Arguments other than strings, numbers, booleans and ``None`` (a callback,
+    ``refresh=True``) make a call that is not cached.
+    """
+    if kwargs.get("refresh"):
+        return None
+    for value in kwargs.values():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            return None
+    return json.dumps(kwargs, sort_keys=True, separators=(",", ":"))
 
 
 class _StripProtocol:
@@ -140,10 +155,12 @@ class NamespaceFace:
     @on_own_loop
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         tpath = self._target_path(path)
-        listing = self._listing("ls", tpath) if not kwargs else None
+        params = _params(kwargs)
+        listing = None if params is None else self._listing("ls", tpath, params)
         if listing is None:
             listing = await self.fetcher.metadata("ls", tpath, detail=True, **kwargs)
-            self.listings.put(self.target_protocol, "ls", tpath, listing)
+            if params is not None:
+                self.listings.put(self.target_protocol, "ls", tpath, listing, params)
             self._learn(listing)
         if detail:
             return [dict(e) for e in listing]
@@ -166,8 +183,9 @@ class NamespaceFace:
     ) -> Any:
         detail = bool(kwargs.pop("detail", False))
         tpath = self._target_path(path)
-        params = f"maxdepth={maxdepth};withdirs={withdirs}"
-        entries = self._listing("find", tpath, params) if not kwargs else None
+        # glob passes prefix= (the stem before the first wildcard): a key part.
+        params = _params({**kwargs, "maxdepth": maxdepth, "withdirs": withdirs})
+        entries = None if params is None else self._listing("find", tpath, params)
         if entries is None:
             found = await self.fetcher.metadata(
                 "find",
@@ -178,7 +196,8 @@ class NamespaceFace:
                 **kwargs,
             )
             entries = [dict(info, name=name) for name, info in found.items()]
-            self.listings.put(self.target_protocol, "find", tpath, entries, params)
+            if params is not None:
+                self.listings.put(self.target_protocol, "find", tpath, entries, params)
             self._learn(entries)
         if detail:
             return {e["name"]: e for e in entries}
