@@ -1,7 +1,8 @@
 """An origin that costs almost no CPU: nginx serving a tmpfs directory.
 
 :class:`NginxOrigin` writes a minimal configuration (one worker, ``sendfile``,
-keep-alive, no access log) into a temporary prefix, starts Debian's
+keep-alive; an access log of one number per response, its body bytes, so
+origin bytes are counted) into a temporary prefix, starts Debian's
 ``nginx`` binary in the foreground on a free loopback port and serves
 ``root`` (a directory on tmpfs, so the origin reads no disk). Where no
 ``nginx`` binary is found, :func:`start_http_origin` falls back to the
@@ -33,7 +34,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log error;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    log_format sent '$body_bytes_sent';
+    access_log {prefix}/access.log sent;
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
@@ -104,6 +106,22 @@ class NginxOrigin:
             raise RuntimeError(f"{exc}: {err}") from None
         self.label = f"nginx {self.version(binary)} (sendfile, tmpfs, 1 worker)"
         self.pids = [self._proc.pid]
+        self._log_offset = 0
+
+    def take_counts(self) -> tuple[int, int]:
+        """Return (requests, body bytes sent) since the last call."""
+        path = self._prefix / "access.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0, 0
+        # Only whole lines: nginx writes each line with one write().
+        data = data[: data.rfind(b"\n") + 1]
+        self._log_offset += len(data)
+        sizes = [int(x) for x in data.split()]
+        return len(sizes), sum(sizes)
 
     @staticmethod
     def version(binary: str) -> str:
@@ -148,8 +166,9 @@ class NginxOrigin:
 def start_http_origin(root: Path) -> Any:
     """Start nginx over ``root``, else the project's origin in its own process.
 
-    The returned object has ``port``, ``label``, ``url_for(path)`` and
-    ``close()``, and is a context manager.
+    The returned object has ``port``, ``label``, ``url_for(path)``,
+    ``take_counts()`` (GET requests and body bytes since its last call)
+    and ``close()``, and is a context manager.
     """
     binary = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.access(p, os.X_OK)),
@@ -163,4 +182,11 @@ def start_http_origin(root: Path) -> Any:
     origin.label = (  # type: ignore[attr-defined]
         "HTTPOrigin (aiohttp, in memory) in its own process: nginx not found"
     )
+
+    def take_counts() -> tuple[int, int]:
+        stats = origin.stats()
+        origin.reset()
+        return int(stats["get_requests"]), int(stats["bytes_sent"])
+
+    origin.take_counts = take_counts  # type: ignore[attr-defined]
     return origin
