@@ -44,6 +44,16 @@ def test_the_pool_tracks_a_bounded_number_of_bytes():
     assert pool.take(4 * MiB + 1).nbytes == 4 * MiB + 1
     assert pool.made == 5
     del held
+    # Free mappings past keep_free are let go of.
+    pool = LandingPool(limit=16 * MiB, keep_free=4 * MiB)
+    held = [pool.take(4 * MiB) for _ in range(4)]
+    assert pool._bytes == 16 * MiB
+    pool.trim()
+    assert pool._bytes == 16 * MiB  # all in use
+    del held[1:]
+    pool.trim()
+    assert pool._bytes == 8 * MiB  # the one in use and one free
+    assert pool.take(4 * MiB) is not None and pool.reused == 1
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ it (a slice, a cast, a read-only view, a NumPy array over one) holds the
 one ``memoryview`` export made here, which holds the mapping; when the
 count is back to the pool's own references, no byte of it can be seen by
 anyone. A mapping still in use (a RAM tier keeps its chunk) is simply not
-taken; the pool forgets the oldest entry when it needs room, and that
-mapping is freed as usual when its last view goes.
+taken. The pool tracks a bounded number of bytes and keeps a bounded
+number of them free (:meth:`LandingPool.trim`, after each batch of disk
+writes); a mapping it does not track is freed as usual with its last view.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from cachefs.buffers import HUGE_PAGE, landing_buffer
 __all__ = ["POOL", "LandingPool"]
 
 #: Bytes of mappings the pool keeps track of (free or in use), per process.
-DEFAULT_LIMIT = 64 * 2**20
+DEFAULT_LIMIT = 128 * 2**20
+#: Bytes of free mappings kept at most; more are let go (unmapped).
+DEFAULT_KEEP_FREE = 64 * 2**20
 
 
 class LandingPool:
@@ -39,12 +42,19 @@ class LandingPool:
     Parameters
     ----------
     limit
-        Bytes of mappings tracked at most. Free mappings are never more than
-        this; the ones in use are the tiers' and readers' memory anyway.
+        Bytes of mappings tracked at most. A mapping made while the pool is
+        full is not tracked: the tracked ones are the oldest, which a reader
+        going front to back lets go of first.
+    keep_free
+        Bytes of free mappings kept at most (see :meth:`trim`); the ones in
+        use are the tiers' and readers' memory anyway.
     """
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(
+        self, limit: int = DEFAULT_LIMIT, keep_free: int = DEFAULT_KEEP_FREE
+    ) -> None:
         self.limit = limit
+        self.keep_free = keep_free
         #: Mappings handed out again, and newly made.
         self.reused = 0
         self.made = 0
@@ -71,12 +81,24 @@ class LandingPool:
             with contextlib.suppress(AttributeError, OSError):  # no THP: plain pages
                 mapped.madvise(mmap.MADV_HUGEPAGE)
             self.made += 1
-            self._maps.append(mapped)
-            self._bytes += size
-            while self._bytes > self.limit:
-                # Forget the oldest: in use, it is freed when its views go.
-                self._bytes -= len(self._maps.pop(0))
+            if self._bytes + size <= self.limit:
+                self._maps.append(mapped)
+                self._bytes += size
             return memoryview(mapped)[:nbytes]
+
+    def trim(self) -> None:
+        """Let go of free mappings past :attr:`keep_free` bytes."""
+        with self._lock:
+            free = 0
+            kept: list[mmap.mmap] = []
+            for mapped in self._maps:
+                if sys.getrefcount(mapped) <= 3:
+                    free += len(mapped)
+                    if free > self.keep_free:
+                        self._bytes -= len(mapped)
+                        continue
+                kept.append(mapped)
+            self._maps = kept
 
     def clear(self) -> None:
         """Forget every mapping (those in use live on with their views)."""

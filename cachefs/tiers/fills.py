@@ -21,6 +21,7 @@ from typing import Any
 from cachefs.buffers import HUGE_PAGE
 from cachefs.chunks import ChunkKey
 from cachefs.errors import ShortReadError
+from cachefs.receive.landing import POOL
 from cachefs.tiers.base import NodeTier, ProcessLock, Tier
 from cachefs.tiers.staging import Staging
 
@@ -190,6 +191,7 @@ class Fills:
         maps the disk record, verified once per process. Chunks under a huge
         page stay (see :func:`keep_taken`).
         """
+        POOL.trim()  # free landing buffers past the pool's bound go now
         ram = self.ram
         if ram is None or disk is None:
             return
