@@ -170,8 +170,15 @@ def _curl(urls: list[str], timeout: float = 600.0) -> Result:
 class _Passes:
     """Builds each system's pass: a callable returning a result."""
 
-    def __init__(self, disk: Path, urls: list[str], sizes: list[int]) -> None:
+    def __init__(
+        self,
+        disk: Path,
+        urls: list[str],
+        sizes: list[int],
+        counts: Callable[[], tuple[int, int]],
+    ) -> None:
         self.disk, self.urls, self.sizes = disk, urls, sizes
+        self.counts = counts
         self.extra: dict[str, Any] = {}
 
     def _scratch(self, prefix: str) -> Path:
@@ -218,6 +225,7 @@ class _Passes:
             if not cache_dir.exists():
                 _log("filling the cache for the warm passes (untimed)")
                 _child(spec)
+                self.counts()  # the fill's requests are not the pass's
             return _child(spec)
 
         return run
@@ -344,7 +352,7 @@ def _nginx_part(quick: bool, args: argparse.Namespace | None, disk: Path) -> lis
         with start_http_origin(root) as origin:
             _log(f"origin: {origin.label}")
             urls = [origin.url_for(p) for p in names]
-            passes = _Passes(disk, urls, sizes)
+            passes = _Passes(disk, urls, sizes, origin.take_counts)
             skipped: dict[str, str] = {}
             systems: dict[str, Callable[[], Result]] = {}
             if (why := _skip_reason("curl")) is None:
@@ -382,7 +390,7 @@ def _nginx_part(quick: bool, args: argparse.Namespace | None, disk: Path) -> lis
             # system the rotation puts first.
             _log("warm-up: one untimed receive + write pass")
             passes.child("zero_copy", write=True)()
-            runs = _interleave(systems, reps, origin.take_counts)
+            runs = _interleave(systems, reps, passes.counts)
             label = origin.label
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -426,7 +434,13 @@ def _s3_part(quick: bool, disk: Path) -> list[Row]:
                 client.put_object(Bucket="fill", Key=p, Body=(root / p).read_bytes())
             sizes = [(root / p).stat().st_size for p in names]
         urls = [f"s3://fill/{p}" for p in names]
-        passes = _Passes(disk, urls, sizes)
+
+        def counts() -> tuple[int, int]:
+            stats = origin.stats()
+            origin.reset()
+            return int(stats["requests"]), sum(int(n) for n in stats["bytes"].values())
+
+        passes = _Passes(disk, urls, sizes, counts)
         passes.extra["s3"] = {
             "endpoint": origin.proxy_url,
             "bucket": "fill",
@@ -447,7 +461,7 @@ def _s3_part(quick: bool, disk: Path) -> list[Row]:
             skipped["obstore get_range_async"] = why
         systems[CFS_OPEN] = passes.child("fsspec_open", cache=True, system="cachefs")
         systems[CFS_PREFETCH] = passes.child("prefetch", cache=True)
-        runs = _interleave(systems, reps)
+        runs = _interleave(systems, reps, counts)
     finally:
         origin.stop()
     reference = S3TORCH if S3TORCH in runs else "obstore + write/chunk"
