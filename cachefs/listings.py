@@ -269,18 +269,26 @@ class ListingCache:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
 
-    def clear(self) -> None:
-        """Forget every listing, in memory and on disk (a write changed one)."""
+    def clear(self) -> int:
+        """Forget every listing, in memory and on disk (a write changed one).
+
+        Returns the number of records removed from disk.
+        """
         self._memory.clear()
+        removed = 0
         if self.root is None:
-            return
+            return removed
         with self._dir() as dfd:
             if dfd is None:
-                return
+                return removed
             for name in os.listdir(dfd):
                 if name.endswith(_SUFFIX):
-                    with contextlib.suppress(OSError):
+                    try:
                         os.unlink(name, dir_fd=dfd)
+                    except OSError:
+                        continue
+                    removed += 1
+        return removed
 
     @contextlib.contextmanager
     def _dir(self) -> Iterator[int | None]:

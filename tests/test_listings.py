@@ -193,3 +193,35 @@ def test_info_in_a_new_process_trusts_the_fresh_record_like_open(
             assert later.cat_file(u)[:1] == bytes([urls.index(u)])
         assert origin.stats.head_requests == 0
         assert origin.stats.requests == 0
+
+
+def test_cachefs_clear_removes_the_listing_records(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with HTTPOrigin(files=dict(FILES)) as origin:
+        pattern = f"{origin.url}/shards/shard-*.bin"
+        fs = _fs(cache, metadata_ttl=None)
+        assert len(fs.glob(pattern)) == 4
+        listings = cache / "meta" / "listings"
+        stored = sorted(listings.iterdir())
+        assert stored
+        cleared = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cachefs",
+                "clear",
+                "--cache-dir",
+                str(cache),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cleared.returncode == 0, cleared.stderr
+        assert json.loads(cleared.stdout)["records"] == len(stored)
+        assert list(listings.iterdir()) == []
+        # A new cache lists at the origin again: nothing stale survived.
+        origin.reset_stats()
+        assert len(_fs(cache, metadata_ttl=None).glob(pattern)) == 4
+        assert origin.stats.requests > 0

@@ -33,6 +33,7 @@ from cachefs.cli.inspect import (
     open_view,
 )
 from cachefs.cli.settings import Settings
+from cachefs.listings import ListingCache
 from cachefs.metadata import MetadataCache
 from cachefs.policy import LRUPolicy
 from cachefs.tiers import layout
@@ -106,6 +107,11 @@ def clear_dirs(view: CacheView) -> tuple[int, int, int]:
         good, bad = MetadataCache.stored_records(root / "meta", trust=True, misses=True)
         for path in [r.file for r in good] + [p for p, _ in bad]:
             records += layout.remove_stray(root, path)
+        listings = root / "meta" / "listings"
+        if listings.is_dir() and not listings.is_symlink():
+            records += ListingCache(
+                None, listings, trust_cache_dir=view.trust_cache_dir
+            ).clear()
     view.forget()
     return len(chunks), nbytes, records
 
