@@ -183,10 +183,10 @@ class CachedFile(io.RawIOBase):
             view = self._chunk(index, pos - base, stop - base)
             self._pos = stop
             return view[pos - base : stop - base].tobytes()
-        out = bytearray(stop - pos)
-        self._copy_range(pos, stop, memoryview(out))
+        # One copy: the chunks' slices straight into the new bytes.
+        data = b"".join(self._pieces(pos, stop))
         self._pos = stop
-        return bytes(out)
+        return data
 
     def readall(self) -> bytes:  # noqa: D102
         return self.read(-1)
@@ -375,6 +375,13 @@ class CachedFile(io.RawIOBase):
 
     def _copy_range(self, start: int, stop: int, out: memoryview) -> None:
         """Copy file bytes ``[start, stop)`` into ``out`` (one loop crossing)."""
+        written = 0
+        for piece in self._pieces(start, stop):
+            out[written : written + len(piece)] = piece
+            written += len(piece)
+
+    def _pieces(self, start: int, stop: int) -> list[memoryview]:
+        """Return the chunk slices that hold ``[start, stop)`` (one loop crossing)."""
         self._check_open()
         cs = self.chunk_size
         first, last = start // cs, (stop - 1) // cs
@@ -387,13 +394,13 @@ class CachedFile(io.RawIOBase):
         for key, view in zip(keys[-2:], views[-2:], strict=True):
             assert view is not None
             self._hold(key.index, view)
-        written = 0
+        pieces = []
         for key, view in zip(keys, views, strict=True):
             assert view is not None
             lo = max(start, key.start) - key.start
             hi = min(stop, key.stop) - key.start
-            out[written : written + hi - lo] = view[lo:hi]
-            written += hi - lo
+            pieces.append(view[lo:hi])
+        return pieces
 
 
 def _reopen(fs: FileOwner, path: str, pos: int) -> CachedFile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -120,3 +121,32 @@ def test_ram_keeps_what_the_disk_cannot_serve_in_place(tmp_path, big_files):
                 assert fs.router.fills.released == 0
             finally:
                 fs.close()
+
+
+def test_a_whole_read_spanning_chunks_copies_once(tmp_path):
+    files = make_shards(1, 8 * MiB, seed=2021)
+    ((name, data),) = files.items()
+    with HTTPOrigin(files=files) as origin:
+        fs = CacheFileSystem(
+            target_protocol="http",
+            cache_dir=str(tmp_path / "cache"),
+            chunk_size="1MiB",
+            skip_instance_cache=True,
+        )
+        try:
+            url = origin.url_for(name)
+            with fs.open(url, "rb") as f:
+                assert f.read() == data  # cold: fills the tiers
+            fs.wait_idle(60)
+            with fs.open(url, "rb") as f:
+                tracemalloc.start()
+                try:
+                    got = f.read()
+                    _, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+            assert got == data
+            # The result is the one copy: no whole-size buffer before it.
+            assert peak < 1.5 * len(data), peak
+        finally:
+            fs.close()
