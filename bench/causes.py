@@ -74,15 +74,15 @@ CAUSES: dict[tuple[str, str], str] = {
     ),
     ("cold_fill", "1 "): (
         "Measured at commit 51b0574, before the issue-20 receive path (full "
-        "run, 512 MiB from nginx): cachefs fsspec.open 5.10 and fs.prefetch "
-        "2.87 CPU s/GiB against 0.88 for the zero-copy receive + write "
-        "reference. Per thread in the fsspec.open pass: the event loop "
-        "(aiohttp's stream, landing pieces in chunk buffers, checks) 3.7 s "
-        "per GiB, where aiohttp's own read() of the same bytes costs 1.06; "
-        "the two disk-writer threads 2.3 s per GiB, where the reference's "
-        "pwrite per chunk costs about 0.3. Both halves are each a multiple "
-        "of the whole reference; a one-process fill is CPU-bound on the "
-        "machine's 2 cores, which MB/s follows."
+        "run, 512 MiB from nginx, load 6-10 on 2 cores): cachefs fsspec.open "
+        "4.32 and fs.prefetch 1.89 CPU s/GiB against 0.80 for the zero-copy "
+        "receive + write reference. Per thread: the event loop (aiohttp's "
+        "stream, landing pieces in chunk buffers, checks) took 2.8 s per GiB "
+        "through fsspec.open and 1.1 through prefetch, where aiohttp's own "
+        "read() of the same bytes costs 1.03 in the whole process; the disk "
+        "writers 1.3 and 0.5 s per GiB, where the reference's pwrite per "
+        "chunk adds about 0.3. fsspec.open per file also has one request in "
+        "flight (a whole file per request), so its MB/s is one stream's."
     ),
     ("cluster", "4 nodes"): (
         "The disk tier refreshes a chunk's recency (mtime) at most every 5 s, "
