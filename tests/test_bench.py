@@ -284,3 +284,37 @@ def test_cold_fill_tiny_run(
             assert isinstance(by[system]["met"], bool)
     # Every scratch and cache directory is removed afterwards.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_zero_copy_reference_lands_every_byte(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from bench.zero_copy import fetch_ranges
+    from cachefs.testing import HTTPOrigin
+
+    files = {"a.bin": os.urandom(3 * 2**20 + 17), "b.bin": os.urandom(5 * 2**20)}
+    step = 2**20 + 3  # ranges that straddle nothing in particular
+    ranges = [
+        (f"/{name}", start, min(start + step, len(data)))
+        for name, data in files.items()
+        for start in range(0, len(data), step)
+    ]
+    with HTTPOrigin(files) as origin:
+        got = asyncio.run(
+            fetch_ranges(
+                "127.0.0.1",
+                origin.port,
+                ranges,
+                connections=3,
+                write_to=lambda path: str(tmp_path / path.strip("/")),
+            )
+        )
+    assert got["bytes"] == sum(len(d) for d in files.values())
+    # At most the bytes that came with each response's headers are copied.
+    assert got["header_copied"] <= 1024 * len(ranges)
+    for name, data in files.items():
+        assert (tmp_path / name).read_bytes() == data
+    # Anything but the 206 of the exact length asked for is an error.
+    with HTTPOrigin(files) as origin, pytest.raises(OSError, match="206"):
+        asyncio.run(fetch_ranges("127.0.0.1", origin.port, [("/nope", 0, 10)]))
