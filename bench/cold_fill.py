@@ -200,9 +200,10 @@ class _Passes:
             }
             try:
                 result = _child(spec)
+                # Before the files go: how much of what it wrote is dirty.
+                result["meminfo_after"] = _meminfo()
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            result["meminfo_after"] = _meminfo()
             return result
 
         return run
