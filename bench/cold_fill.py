@@ -37,7 +37,8 @@ type is recorded) and ends when every chunk is stored (``wait_idle``); the
 "+ write" references write on the same filesystem. The page cache is not
 dropped: written chunks sit in it (and in writeback) as they would for a
 user; ``Dirty`` and ``Writeback`` of ``/proc/meminfo`` after each pass are
-recorded.
+recorded, and so are the origin's requests and body bytes during each pass
+(nginx's access log, the proxy's counters) and each thread's CPU.
 
 Targets: cachefs fill paths (``fsspec.open``, ``prefetch``) CPU s/GiB <=
 1.3x the zero-copy receive + write reference (ratio >= 0.769x, ratios are
