@@ -15,6 +15,7 @@ A reader verifies the blocks it reads, the first time it reads them
 file is removed and counted, never served. Hits are ``mmap`` slices: no
 copy, no system call after the first.
 
+The layout as the ``cachefs`` command reads it is :mod:`cachefs.tiers.layout`.
 Every file operation goes through a directory descriptor opened without
 following symlinks and kept open (:class:`~cachefs.tiers.chunkfiles.DirCache`),
 so nothing outside the cache directory is read, written or removed. The
@@ -73,6 +74,7 @@ from cachefs.tiers.dirs import (
 from cachefs.tiers.locks import StripeLock
 from cachefs.tiers.maps import MAPS, map_file, map_limit, pread_all
 from cachefs.tiers.record import CHUNK_HEADER, BlockCheck, RecordCodec
+from cachefs.tiers.stripes import StripeHolds
 from cachefs.tiers.usage import UsageCounter
 
 if TYPE_CHECKING:
@@ -155,7 +157,7 @@ class DiskTier:
             secure_dir(self.root / sub if sub else self.root, trust=trust_cache_dir)
         self._chunks = self.root / "chunks"
         self._tmp = self.root / "tmp"
-        self._locks = self.root / "locks"
+        self._stripes = StripeHolds(self.root / "locks")
         self._dirs = DirCache(self._chunks, self._tmp)
         self._usage = UsageCounter(self.root / "usage")
         # digest -> (payload view, last touch, blocks still unverified or None)
@@ -582,8 +584,8 @@ class DiskTier:
     # -- cross-process single flight -----------------------------------------
 
     def stripe_lock(self, key: ChunkKey) -> StripeLock:
-        """Return the (unacquired) cross-process lock for ``key``'s stripe."""
-        return StripeLock(self._locks / key.digest[:4])
+        """Return the (unacquired) lock of ``key``'s stripe (shared in-process)."""
+        return self._stripes.lock(key.digest[:4])
 
     def file_lock(self, name: str) -> StripeLock:
         """Return the (unacquired) cross-process lock for one origin file.
@@ -592,7 +594,7 @@ class DiskTier:
         so other processes wait for that read instead of repeating it.
         """
         digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
-        return StripeLock(self._locks / f"file-{digest[:4]}")
+        return self._stripes.lock(f"file-{digest[:4]}")
 
     # -- housekeeping --------------------------------------------------------
 
@@ -600,9 +602,7 @@ class DiskTier:
         """Replace the locks, which another thread may have held at fork."""
         self._lock = threading.Lock()
         self._dirs.after_fork()
-
-    # The layout read from outside (the ``cachefs`` command, which changes
-    # nothing but on request) is :mod:`cachefs.tiers.layout`.
+        self._stripes.after_fork()
 
     def remove_path(self, path: Path) -> int:
         """Delete the file ``path`` below ``chunks/``, damaged or stray.
