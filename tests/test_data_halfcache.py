@@ -20,14 +20,16 @@ from torch.utils.data import DataLoader
 from cachefs import CacheFileSystem
 from cachefs.cli.demo import make_dataset
 from cachefs.data.dataset import ShardDataset
+from cachefs.data.world import World
 from cachefs.testing import HTTPOrigin
 
 KiB, MiB = 2**10, 2**20
 SHARDS = 16
 EPOCHS = 4
 #: Origin bytes / data set allowed per epoch: the bound (1.0 in the first
-#: epoch, 0.5 after it) plus 0.05 for the chunks that straddle the places
-#: where two consumers split a shard.
+#: epoch: every chunk once; 0.5 after it) plus, after it, 0.05 for the chunks
+#: that straddle the places where two consumers split a shard. The first
+#: epoch's extra for a split shard is derived from the plan (split_bytes).
 FIRST, LATER = 1.0, 0.55
 
 
@@ -47,6 +49,21 @@ def half_origin(
         yield server
 
 
+def split_bytes(
+    ds: ShardDataset, sizes: dict[str, int], epoch: int, workers: int
+) -> int:
+    """Bytes of the shards that more than one consumer reads in ``epoch``.
+
+    Taken from the plan (:meth:`ShardDataset.plan`, no I/O), not from a
+    run: what two consumers both read is at most those whole shards.
+    """
+    readers: dict[str, int] = {}
+    for w in range(max(workers, 1)):
+        for url, _, _ in ds.plan(epoch, World(0, 1, w, max(workers, 1))):
+            readers[url] = readers.get(url, 0) + 1
+    return sum(sizes[url] for url, n in readers.items() if n > 1)
+
+
 def ratios(
     origin: HTTPOrigin,
     files: dict[str, bytes],
@@ -55,8 +72,12 @@ def ratios(
     *,
     prefetch: bool,
     workers: int,
-) -> tuple[float, list[float]]:
-    """Return (index pass, [epoch 0, 1, ...]) as origin bytes / data set."""
+) -> tuple[float, list[float], float]:
+    """Return (index pass, [epoch 0, 1, ...], split) as origin bytes / data set.
+
+    ``split``: the bytes of the shards two consumers split in the first
+    epoch (:func:`split_bytes`), over the data set.
+    """
     total = sum(len(v) for v in files.values())
     fs = CacheFileSystem(
         target_protocol="http",
@@ -73,6 +94,8 @@ def ratios(
         urls, fs, seed=2, decode="bytes", prefetch=prefetch, sample_counts=counts
     )
     index_pass = origin.stats.bytes_sent / total
+    sizes = {origin.url_for(p): len(files[p]) for p in files}
+    split = split_bytes(ds, sizes, 0, workers) / total
     extra: dict[str, Any] = {}
     if workers:
         extra = {"multiprocessing_context": "fork", "persistent_workers": True}
@@ -87,7 +110,7 @@ def ratios(
         out.append((origin.stats.bytes_sent - before) / total)
     del loader  # persistent workers end before the cache directory goes
     fs.close()
-    return index_pass, out
+    return index_pass, out, split
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -95,7 +118,7 @@ def ratios(
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_known_counts_reach_the_bound(half_origin, shards, tmp_path, prefetch, workers):
     files, counts = shards
-    index_pass, got = ratios(
+    index_pass, got, split = ratios(
         half_origin,
         files,
         counts,
@@ -104,14 +127,16 @@ def test_known_counts_reach_the_bound(half_origin, shards, tmp_path, prefetch, w
         workers=workers,
     )
     assert index_pass == 0  # counts given: nothing read up front
-    # Two consumers split a shard whose sample offsets nobody knows yet:
-    # the second reads the headers (every chunk) of the first one's piece
-    # too, and with prefetch both fetch it before either can keep it.
-    # (Known residual, docs/data.md: at most that one shard.)
-    total = sum(len(v) for v in files.values())
-    split = max(len(v) for v in files.values()) / total
+    # Every chunk once. Besides: two consumers split a shard whose sample
+    # offsets nobody knows yet; the second reads the headers (every chunk)
+    # of the first one's piece too, and with prefetch the cache, filling in
+    # the order chunks arrive, may have no room left for them when the first
+    # one reads its piece (known residual, docs/data.md: at most that shard,
+    # which the plan names). A chunk whose lock stripe another fetch of the
+    # process held was once fetched twice here under load (one chunk more:
+    # 1.077 against 1.063); fixed, see tests/test_stripe_holds.py.
     first = FIRST + (split if workers and prefetch else 0)
-    assert got[0] <= first, got
+    assert got[0] <= first, (got, first)
     assert max(got[1:]) <= LATER, got
 
 
@@ -122,7 +147,7 @@ def test_indexed_shards_reach_the_bound(
     half_origin, shards, tmp_path, prefetch, workers
 ):
     files, _ = shards
-    index_pass, got = ratios(
+    index_pass, got, _ = ratios(
         half_origin,
         files,
         None,
@@ -132,7 +157,8 @@ def test_indexed_shards_reach_the_bound(
     )
     # The index pass reads every header, so every chunk, once; the cache
     # keeps half of them and every epoch then reads the other half.
-    # Now and then the pass (16 threads at once) fetches one chunk twice
-    # (0.015 of this data set); not yet traced, see docs/data.md.
-    assert index_pass <= FIRST + 0.02
+    # The pass (16 threads at once) used to fetch one chunk twice now and
+    # then (2 of 20 runs under load): two first reads held chunks of one
+    # lock stripe (tests/test_stripe_holds.py). 0 of 20 since.
+    assert index_pass <= FIRST
     assert max(got) <= LATER, got
