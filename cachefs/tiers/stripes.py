@@ -8,8 +8,9 @@ through two descriptors, and ``flock`` refuses the second even in the same
 process: the second fetch then took its own process for another and waited
 for it, or (a file's first read) dropped that chunk's bytes as it streamed
 by and fetched them again afterwards. With 16 files of 5 chunks (80 keys
-over 65,536 stripes) such a pair turns up in about one run in twenty, and
-under load their fetches overlap: an origin read counted twice.
+over 65,536 stripes) a data set has such a pair about one time in 20 (the
+tests' data set has one), and under load their fetches overlap: an origin
+read counted twice.
 
 Here the first hold of a stripe in a process takes the ``flock`` and later
 holds share it (a count), so the stripe is released when the last fetch
