@@ -23,6 +23,7 @@ __all__ = [
     "parse_seconds",
     "parse_size",
     "span_keys",
+    "token_fields",
     "version_token",
 ]
 
@@ -251,6 +252,23 @@ def version_token(info: dict[str, Any]) -> str:
             # Datetimes and floats both stringify stably.
             return f"size:{size}:mtime:{value}"
     return f"size:{size}"
+
+
+def token_fields(token: str) -> dict[str, str]:
+    """Return the ``info()`` fields that :func:`version_token` made ``token`` of.
+
+    An info dict built from a stored version (no origin request) carries
+    these, so ``version_token`` of it gives the same token as the origin's
+    own ``info()`` did, and code that keys chunks by it finds them.
+    """
+    name, sep, value = token.partition(":")
+    if sep and name in _TOKEN_FIELDS:
+        return {name: value}
+    if name == "size":
+        _, sep, mtime = value.partition(":mtime:")
+        if sep:
+            return {"mtime": mtime}
+    return {}
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cachefs.chunks import ChunkKey, FileVersion, span_keys, version_token
+from cachefs.chunks import (
+    ChunkKey,
+    FileVersion,
+    span_keys,
+    token_fields,
+    version_token,
+)
 from cachefs.config import CacheConfig
 from cachefs.errors import is_absent
 from cachefs.fetch import Fetcher
@@ -265,6 +271,10 @@ class VersionResolver:
             mtime = self.metadata.mtime(self.protocol, tpath)
             if mtime is not None:
                 info["mtime"] = mtime
+            # The ETag (or mtime) the token was made of, so that
+            # version_token(info) names this version as the origin's did.
+            for field, value in token_fields(known.token).items():
+                info.setdefault(field, value)  # a recorded float mtime stays
             return info
         try:
             info = await self.fetcher.info(tpath)

@@ -209,3 +209,22 @@ def test_open_span_follows_how_files_were_read() -> None:
             assert resolver.open_span == 8 * MiB
 
     run(body)
+
+
+@pytest.mark.parametrize(
+    "origin_info",
+    [
+        {"size": 10, "ETag": '"abc"'},
+        {"size": 10, "VersionId": "v7", "LastModified": "2026-01-01"},
+        {"size": 10, "mtime": 1765000000.25},
+        {"size": 10},
+    ],
+)
+def test_an_info_built_from_a_record_names_the_same_version(origin_info):
+    # info() answered from a stored version record (no origin request) must
+    # give the token the origin's own info() gave: chunk keys are made of it.
+    from cachefs.chunks import token_fields, version_token
+
+    token = version_token(origin_info)
+    rebuilt = {"size": 10, **token_fields(token)}
+    assert version_token(rebuilt) == token
