@@ -23,12 +23,17 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from cachefs.router import ChunkRouter
+    from cachefs.tiers.record import BlockCheck
     from cachefs.versions import VersionResolver
 
 __all__ = ["CachedFile", "FileOwner", "ReadaheadWindow"]
 
 # Chunks a file object keeps in hand at most (beyond those of its open).
 _HELD_CHUNKS = 4
+# Disk chunks verified in part that a file object keeps in hand at most,
+# with their block checks: a random reader's later reads in them skip the
+# tier lookup (each still verifies the blocks it reads, once).
+_PARTIAL_CHUNKS = 16
 
 
 class ReadaheadWindow:
@@ -119,6 +124,8 @@ class CachedFile(io.RawIOBase):
         #: the read is in. Kept until the read moves past them whatever the
         #: tiers admit, so small reads never fetch a chunk twice.
         self._held: dict[int, memoryview] = {}
+        #: Disk chunks verified in part, by index: the view and its blocks.
+        self._partial: dict[int, tuple[memoryview, BlockCheck]] = {}
         #: Chunks of the open's first request, added as they arrive (on the
         #: loop's thread); taken into ``_held`` when the read reaches them.
         self._arriving = pinned if pinned is not None else {}
@@ -257,6 +264,7 @@ class CachedFile(io.RawIOBase):
                 loop.call_soon_threadsafe(self._router.abandon, keys)
         self._keys.clear()
         self._held.clear()
+        self._partial.clear()
         self._arriving = {}
         super().close()
 
@@ -336,9 +344,15 @@ class CachedFile(io.RawIOBase):
         view = self._held.get(index)
         if view is not None:
             return view
+        partial = self._partial.get(index)
+        if partial is not None:
+            if partial[1].verify(lo, hi):
+                return partial[0]
+            del self._partial[index]  # damaged: the tier drops it below
         key = self._keys.get(index) or self._key(index)
         found = self._router.get_span(key, lo, hi)
         if found is not None and not found[1]:
+            self._keep_partial(key, found[0])
             return found[0]
         view = found[0] if found else self._arriving.pop(key, None)
         if view is None:
@@ -348,8 +362,21 @@ class CachedFile(io.RawIOBase):
         self._hold(index, view)
         return view
 
+    def _keep_partial(self, key: ChunkKey, view: memoryview) -> None:
+        """Keep a disk chunk verified in part in hand, with its block check."""
+        disk = self._router.disk
+        blocks_of = getattr(disk.tier_for(key), "blocks_of", None) if disk else None
+        blocks = blocks_of(key) if blocks_of is not None else None
+        if blocks is None or blocks.payload.obj is not view.obj:
+            return  # another tier's view, or remapped meanwhile: ask each time
+        partial = self._partial
+        partial[key.index] = (view, blocks)
+        if len(partial) > _PARTIAL_CHUNKS:
+            del partial[next(iter(partial))]  # the first kept goes first
+
     def _hold(self, index: int, view: memoryview) -> None:
         """Keep chunk ``index`` in hand; let go of those the read has passed."""
+        self._partial.pop(index, None)
         held = self._held
         held[index] = view
         if len(held) > _HELD_CHUNKS:

@@ -23,11 +23,7 @@ directory and its subdirectories must be the user's own and writable by no
 one else, and chunk files must be the user's; otherwise the
 tier refuses them unless built with ``trust_cache_dir=True``.
 
-Each mapping holds a file descriptor (CPython's ``mmap`` duplicates it), so
-the maps a process keeps are bounded process-wide, well under its
-``RLIMIT_NOFILE``, and so are the bytes they map (under ``RLIMIT_AS``);
-past either bound, or when the kernel refuses a map, a hit is read with
-``pread`` instead.
+The maps a process keeps are bounded (:mod:`cachefs.tiers.maps`).
 
 With a numcodecs codec, chunks that compress are stored compressed and the
 codec's JSON config is recorded in the file, so a cache written with one
@@ -233,10 +229,7 @@ class DiskTier:
                 pass
         whole = True
         if blocks is not None:
-            before = blocks.checked
-            sound = blocks.verify(lo, hi)
-            self.verified_bytes += blocks.checked - before
-            if not sound:
+            if not blocks.verify(lo, hi):  # counts into verified_bytes
                 self._drop_damaged(digest, blocks.why)
                 self.stats.misses += 1
                 return None
@@ -248,6 +241,11 @@ class DiskTier:
         self.stats.hits += 1
         self.stats.hit_bytes += view.nbytes
         return view, whole
+
+    def blocks_of(self, key: ChunkKey) -> BlockCheck | None:
+        """Return the block check of ``key``'s map; ``None``: unmapped, or whole."""
+        entry = self._maps.get(key.digest)
+        return None if entry is None else entry[2]
 
     def tier_for(self, key: ChunkKey) -> DiskTier:
         """Return this tier: it stores every key it is given."""
@@ -338,6 +336,8 @@ class DiskTier:
                     why = "does not decompress to its length"
             else:
                 chunk, raw, blocks = record.payload, True, record.blocks
+                if blocks is not None:
+                    blocks.sink = self
         if blocks is None and chunk is not None:
             self.verified_bytes += chunk.nbytes  # checked whole just now
         record = None

@@ -112,11 +112,14 @@ class BlockCheck:
     ----------
     checked
         Bytes verified so far.
+    sink
+        An object whose ``verified_bytes`` each check adds to (the tier that
+        mapped the payload), or ``None``.
     bad
         The index of the first block found damaged, or ``None``.
     """
 
-    __slots__ = ("bad", "checked", "crcs", "payload", "pending", "size")
+    __slots__ = ("bad", "checked", "crcs", "payload", "pending", "sink", "size")
 
     def __init__(self, payload: memoryview, size: int, crcs: tuple[int, ...]) -> None:
         self.payload = payload
@@ -124,6 +127,7 @@ class BlockCheck:
         self.crcs = crcs
         self.pending = bytearray(b"\x01") * len(crcs)
         self.checked = 0
+        self.sink: Any = None
         self.bad: int | None = None
 
     @property
@@ -157,6 +161,8 @@ class BlockCheck:
                     return False
                 pending[i] = 0
                 self.checked += block.nbytes
+                if self.sink is not None:
+                    self.sink.verified_bytes += block.nbytes
         return True
 
 

@@ -1,0 +1,89 @@
+"""The first random reads of a warm file in a new process (issue 20).
+
+Counted, not timed: a file object keeps a disk chunk verified in part in
+hand with its block check, so after the first read of a chunk a random
+read neither asks the tiers again nor verifies a block twice, and a block
+damaged after the chunk was mapped is still never served.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from cachefs import CacheFileSystem
+from cachefs.testing import HTTPOrigin
+from cachefs.tiers.record import block_size, record_overhead
+
+MiB = 2**20
+CS = 4 * MiB
+BLOCK = block_size(CS)
+
+
+def blob(seed: int, size: int = CS) -> bytes:
+    piece = bytes((seed * 7 + i) % 251 for i in range(4096))
+    return (piece * (size // 4096 + 1))[:size]
+
+
+def warm(tmp_path: Path, url: str, data: bytes) -> dict[str, object]:
+    opts: dict[str, object] = {
+        "target_protocol": "http",
+        "cache_dir": str(tmp_path / "c"),
+        "chunk_size": CS,
+        "ram_limit": 0,
+        "skip_instance_cache": True,
+    }
+    fs = CacheFileSystem(**opts)
+    assert fs.cat_file(url) == data
+    fs.wait_idle()
+    fs.close()
+    return opts
+
+
+def test_random_reads_ask_the_tier_once_per_chunk_and_verify_each_block_once(
+    tmp_path,
+):
+    data = blob(1) + blob(2)
+    with HTTPOrigin(files={"f.bin": data}) as origin:
+        url = origin.url_for("f.bin")
+        opts = warm(tmp_path, url, data)
+        origin.reset_stats()
+        fs = CacheFileSystem(**opts)
+        rng = random.Random(5)
+        offsets = [rng.randrange(0, len(data) - 4096) for _ in range(300)]
+        with fs.open(url, "rb") as f:
+            for off in offsets:
+                f.seek(off)
+                assert f.read(4096) == data[off : off + 4096]
+        disk = fs.cache_stats()["disk"]
+        blocks = {
+            b for off in offsets for b in range(off // BLOCK, (off + 4095) // BLOCK + 1)
+        }
+        # One lookup per chunk (the old code asked the tier on every read).
+        assert disk["hits"] == 2
+        assert origin.stats.bytes_sent == 0
+        verified = f._router.disk.tier_for(f._key(0)).verified_bytes
+        assert verified == len(blocks) * BLOCK  # each block read, once
+        fs.close()
+
+
+def test_a_block_damaged_after_the_map_is_not_served_from_hand(tmp_path):
+    data = blob(3)
+    with HTTPOrigin(files={"f.bin": data}) as origin:
+        url = origin.url_for("f.bin")
+        opts = warm(tmp_path, url, data)
+        (path,) = [p for p in (tmp_path / "c" / "chunks").rglob("*") if p.is_file()]
+        fs = CacheFileSystem(**opts)
+        with fs.open(url, "rb") as f:
+            f.seek(2 * BLOCK)
+            assert f.read(4096) == data[2 * BLOCK : 2 * BLOCK + 4096]
+            # The map is shared: damage in the file shows through it.
+            with open(path, "r+b") as raw:
+                raw.seek(record_overhead(CS) + 9 * BLOCK + 3)
+                raw.write(b"\x00\xff")
+            origin.reset_stats()
+            f.seek(9 * BLOCK)
+            assert f.read(4096) == data[9 * BLOCK : 9 * BLOCK + 4096]
+        assert fs.cache_stats()["disk"]["checksum_failures"] == 1
+        assert origin.stats.bytes_sent == CS  # the chunk, fetched again
+        fs.close()
