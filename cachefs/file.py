@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from cachefs.router import ChunkRouter
-    from cachefs.tiers.record import BlockCheck
     from cachefs.versions import VersionResolver
 
 __all__ = ["CachedFile", "FileOwner", "ReadaheadWindow"]
@@ -59,6 +58,16 @@ class ReadaheadWindow:
             self.size = 0  # a seek: no readahead until reads are sequential
         self.expected = stop
         return self.size
+
+
+class _Blocks(Protocol):
+    """A disk map's block check (:class:`cachefs.tiers.record.BlockCheck`)."""
+
+    payload: memoryview
+
+    def verify(self, lo: int = 0, hi: int | None = None) -> bool:
+        """Verify the blocks holding ``[lo, hi)``; whether sound."""
+        ...
 
 
 class FileOwner(Protocol):
@@ -125,7 +134,7 @@ class CachedFile(io.RawIOBase):
         #: tiers admit, so small reads never fetch a chunk twice.
         self._held: dict[int, memoryview] = {}
         #: Disk chunks verified in part, by index: the view and its blocks.
-        self._partial: dict[int, tuple[memoryview, BlockCheck]] = {}
+        self._partial: dict[int, tuple[memoryview, _Blocks]] = {}
         #: Chunks of the open's first request, added as they arrive (on the
         #: loop's thread); taken into ``_held`` when the read reaches them.
         self._arriving = pinned if pinned is not None else {}
