@@ -374,7 +374,9 @@ class CachedFile(io.RawIOBase):
     def _keep_partial(self, key: ChunkKey, view: memoryview) -> None:
         """Keep a disk chunk verified in part in hand, with its block check."""
         disk = self._router.disk
-        blocks_of = getattr(disk.tier_for(key), "blocks_of", None) if disk else None
+        blocks_of = (
+            getattr(disk.tier_for(key), "blocks_of", None) if disk is not None else None
+        )
         blocks = blocks_of(key) if blocks_of is not None else None
         if blocks is None or blocks.payload.obj is not view.obj:
             return  # another tier's view, or remapped meanwhile: ask each time
