@@ -8,6 +8,7 @@ damaged after the chunk was mapped is still never served.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def warm(tmp_path: Path, url: str, data: bytes) -> dict[str, object]:
 
 
 def test_random_reads_ask_the_tier_once_per_chunk_and_verify_each_block_once(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     data = blob(1) + blob(2)
     with HTTPOrigin(files={"f.bin": data}) as origin:
@@ -51,10 +52,22 @@ def test_random_reads_ask_the_tier_once_per_chunk_and_verify_each_block_once(
         fs = CacheFileSystem(**opts)
         rng = random.Random(5)
         offsets = [rng.randrange(0, len(data) - 4096) for _ in range(300)]
+        listed: list[object] = []
+        real_listdir = os.listdir
+
+        def listdir(path: object = ".") -> list[str]:
+            listed.append(path)
+            return real_listdir(path)  # type: ignore[arg-type]
+
         with fs.open(url, "rb") as f:
+            monkeypatch.setattr(os, "listdir", listdir)  # counted, still real
             for off in offsets:
                 f.seek(off)
                 assert f.read(4096) == data[off : off + 4096]
+            monkeypatch.undo()
+        # No directory is listed to read (once, every shard was listed per
+        # chunk map: DiskSet's len() taken for its truth).
+        assert listed == []
         disk = fs.cache_stats()["disk"]
         blocks = {
             b for off in offsets for b in range(off // BLOCK, (off + 4095) // BLOCK + 1)
