@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cachefs.bridge import call_sync
@@ -29,10 +30,11 @@ __all__ = ["CachedFile", "FileOwner", "ReadaheadWindow"]
 
 # Chunks a file object keeps in hand at most (beyond those of its open).
 _HELD_CHUNKS = 4
-# Disk chunks verified in part that a file object keeps in hand at most,
-# with their block checks: a random reader's later reads in them skip the
-# tier lookup (each still verifies the blocks it reads, once).
-_PARTIAL_CHUNKS = 16
+# Disk chunks verified in part that a file object remembers at most, by a
+# weak reference to their map's block check: a random reader's later reads
+# in them skip the tier lookup (each still verifies the blocks it reads,
+# once). Weak, so no map (and its descriptor) outlives the tier's hold.
+_PARTIAL_CHUNKS = 64
 
 
 class ReadaheadWindow:
@@ -133,8 +135,8 @@ class CachedFile(io.RawIOBase):
         #: the read is in. Kept until the read moves past them whatever the
         #: tiers admit, so small reads never fetch a chunk twice.
         self._held: dict[int, memoryview] = {}
-        #: Disk chunks verified in part, by index: the view and its blocks.
-        self._partial: dict[int, tuple[memoryview, _Blocks]] = {}
+        #: Disk chunks verified in part, by index: their maps' block checks.
+        self._partial: dict[int, weakref.ref[_Blocks]] = {}
         #: Chunks of the open's first request, added as they arrive (on the
         #: loop's thread); taken into ``_held`` when the read reaches them.
         self._arriving = pinned if pinned is not None else {}
@@ -353,11 +355,14 @@ class CachedFile(io.RawIOBase):
         view = self._held.get(index)
         if view is not None:
             return view
-        partial = self._partial.get(index)
-        if partial is not None:
-            if partial[1].verify(lo, hi):
-                return partial[0]
-            del self._partial[index]  # damaged: the tier drops it below
+        ref = self._partial.get(index)
+        if ref is not None:
+            blocks = ref()
+            if blocks is not None and blocks.verify(lo, hi):
+                return blocks.payload
+            # Unmapped or whole since (the tier let go of its check), or
+            # damaged (the tier drops the chunk below): ask the tier.
+            del self._partial[index]
         key = self._keys.get(index) or self._key(index)
         found = self._router.get_span(key, lo, hi)
         if found is not None and not found[1]:
@@ -372,16 +377,16 @@ class CachedFile(io.RawIOBase):
         return view
 
     def _keep_partial(self, key: ChunkKey, view: memoryview) -> None:
-        """Keep a disk chunk verified in part in hand, with its block check."""
+        """Remember a disk chunk verified in part by its map's block check."""
         disk = self._router.disk
         blocks_of = (
             getattr(disk.tier_for(key), "blocks_of", None) if disk is not None else None
         )
         blocks = blocks_of(key) if blocks_of is not None else None
-        if blocks is None or blocks.payload.obj is not view.obj:
+        if blocks is None or blocks.payload is not view:
             return  # another tier's view, or remapped meanwhile: ask each time
         partial = self._partial
-        partial[key.index] = (view, blocks)
+        partial[key.index] = weakref.ref(blocks)
         if len(partial) > _PARTIAL_CHUNKS:
             del partial[next(iter(partial))]  # the first kept goes first
 

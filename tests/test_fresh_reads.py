@@ -100,3 +100,28 @@ def test_a_block_damaged_after_the_map_is_not_served_from_hand(tmp_path):
         assert fs.cache_stats()["disk"]["checksum_failures"] == 1
         assert origin.stats.bytes_sent == CS  # the chunk, fetched again
         fs.close()
+
+
+def test_a_file_object_keeps_no_map_the_tier_let_go(tmp_path):
+    from cachefs.tiers.maps import MAPS
+
+    data = blob(4) + blob(5)
+    with HTTPOrigin(files={"f.bin": data}) as origin:
+        url = origin.url_for("f.bin")
+        opts = warm(tmp_path, url, data)
+        fs = CacheFileSystem(**opts)
+        with fs.open(url, "rb") as f:
+            for off in (5000, CS + 5000):
+                f.seek(off)
+                assert f.read(4096) == data[off : off + 4096]
+            live = MAPS.live
+            tier = f._router.disk.tier_for(f._key(0))
+            while tier.unmap_oldest():
+                pass
+            # Both maps closed: the file remembered their checks weakly.
+            assert MAPS.live == live - 2
+            for off in (9000, CS + 9000):  # mapped again, verified again
+                f.seek(off)
+                assert f.read(4096) == data[off : off + 4096]
+            assert MAPS.live == live
+        fs.close()

@@ -119,7 +119,17 @@ class BlockCheck:
         The index of the first block found damaged, or ``None``.
     """
 
-    __slots__ = ("bad", "checked", "crcs", "payload", "pending", "sink", "size")
+    # __weakref__: a file object remembers a map's check weakly (cachefs.file).
+    __slots__ = (
+        "__weakref__",
+        "bad",
+        "checked",
+        "crcs",
+        "payload",
+        "pending",
+        "sink",
+        "size",
+    )
 
     def __init__(self, payload: memoryview, size: int, crcs: tuple[int, ...]) -> None:
         self.payload = payload
