@@ -20,20 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
-import secrets
-import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import crc32c
-
-from cachefs.tiers.disk import open_dir, secure_dir
+from cachefs.tiers.disk import secure_dir
+from cachefs.tiers.records_io import (
+    RecordDir,
+    bad_time,
+    check_crc,
+    load_json,
+    read_record,
+    seal,
+    write_record,
+)
 
 __all__ = [
     "MAX_ENTRIES",
@@ -56,8 +60,6 @@ MAX_ENTRIES = 200_000
 _MAX_STRING = 4096
 _KINDS = frozenset({"ls", "find", "dir"})
 _TYPES = frozenset({"file", "directory", "other", "link"})
-_FUTURE_SLACK = 86400.0
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def listing_name(protocol: str, kind: str, path: str, params: str) -> str:
@@ -91,12 +93,6 @@ def clean_entry(entry: Mapping[str, Any]) -> dict[str, Any] | None:
     return kept
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode()
-
-
 def encode_listing(
     protocol: str,
     kind: str,
@@ -117,13 +113,8 @@ def encode_listing(
         "fetched": fetched,
         "entries": entries,
     }
-    body["crc32c"] = crc32c.crc32c(_canonical(body))
-    raw = _canonical(body)
+    raw = seal(body)
     return raw if len(raw) <= MAX_RECORD else None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"holds {name}")
 
 
 def decode_listing(
@@ -140,19 +131,10 @@ def decode_listing(
     ValueError
         If the record is damaged; the message says how.
     """
-    if len(raw) > MAX_RECORD:
-        raise ValueError("is too large")
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("is not JSON") from None
-    except ValueError as exc:
-        raise ValueError(f"is not JSON ({exc})") from None
+    body = load_json(raw, MAX_RECORD)
     if not isinstance(body, dict) or body.get("format") != _FORMAT:
         raise ValueError("is not a listing record of a known format")
-    crc = body.pop("crc32c", None)
-    if type(crc) is not int or crc32c.crc32c(_canonical(body)) != crc:
-        raise ValueError("failed its CRC32C check")
+    check_crc(body)
     if set(body) != {
         "format",
         "protocol",
@@ -171,11 +153,7 @@ def decode_listing(
     if kind not in _KINDS:
         raise ValueError(f"has an unknown kind {kind!r}")
     fetched = body["fetched"]
-    if (
-        type(fetched) not in (int, float)
-        or not math.isfinite(fetched)
-        or not 0 <= fetched <= time.time() + _FUTURE_SLACK
-    ):
+    if bad_time(fetched):
         raise ValueError(f"has a bad time {fetched!r}")
     entries = body["entries"]
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
@@ -209,9 +187,10 @@ class ListingCache:
         self.root = root
         self.trust_cache_dir = trust_cache_dir
         self._memory: dict[tuple[str, str, str, str], tuple[Any, float]] = {}
-        self._unusable_logged = False
+        self._records: RecordDir | None = None
         if root is not None:
             secure_dir(root, trust=trust_cache_dir)
+            self._records = RecordDir(root, "listing records")
 
     def _fresh(self, fetched: float) -> bool:
         return self.ttl is None or (self.ttl > 0 and time.time() - fetched < self.ttl)
@@ -253,21 +232,10 @@ class ListingCache:
         raw = encode_listing(protocol, kind, path, params, stored, now)
         if raw is None:
             return  # too large to persist: this process keeps it in memory
-        final = listing_name(protocol, kind, path, params)
-        tmp = f".{final}.{os.getpid()}.{secrets.token_hex(4)}"
         with self._dir() as dfd:
-            if dfd is None:
-                return
-            try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-                fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(raw)
-                os.replace(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except OSError:
-                # A listing record is an optimisation; never fail a call for it.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
+            if dfd is not None:
+                final = listing_name(protocol, kind, path, params)
+                write_record(dfd, final, raw, tmp_prefix=".")
 
     def clear(self) -> int:
         """Forget every listing, in memory and on disk (a write changed one).
@@ -290,51 +258,28 @@ class ListingCache:
                     removed += 1
         return removed
 
-    @contextlib.contextmanager
-    def _dir(self) -> Iterator[int | None]:
-        assert self.root is not None
-        try:
-            dfd = open_dir(self.root)
-        except OSError as exc:
-            if not self._unusable_logged:
-                self._unusable_logged = True
-                log.warning(
-                    "cachefs: listing records in %s are not used: %s",
-                    self.root,
-                    exc.strerror or exc,
-                )
-            yield None
-            return
-        try:
-            yield dfd
-        finally:
-            os.close(dfd)
+    def _dir(self) -> contextlib.AbstractContextManager[int | None]:
+        assert self._records is not None
+        return self._records.open()
 
     def _load(self, key: tuple[str, str, str, str]) -> tuple[Any, float] | None:
         name = listing_name(*key)
         with self._dir() as dfd:
             if dfd is None:
                 return None
-            try:
-                fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
-            except FileNotFoundError:
+            read = read_record(dfd, name, limit=MAX_RECORD, trust=self.trust_cache_dir)
+            if read is None:
                 return None
-            except OSError as exc:
-                why = f"cannot be opened ({exc.strerror})"
-            else:
-                with os.fdopen(fd, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    why = self._owner_damage(st)
-                    raw = b"" if why else fh.read(MAX_RECORD + 1)
-                if not why:
-                    try:
-                        *found, entries, fetched = decode_listing(raw)
-                    except ValueError as exc:
-                        why = str(exc)
-                    else:
-                        if tuple(found) == key:
-                            return entries, fetched
-                        why = "is filed under another listing's name"
+            why, raw = read
+            if not why:
+                try:
+                    *found, entries, fetched = decode_listing(raw)
+                except ValueError as exc:
+                    why = str(exc)
+                else:
+                    if tuple(found) == key:
+                        return entries, fetched
+                    why = "is filed under another listing's name"
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dfd)
         log.warning(
@@ -344,12 +289,3 @@ class ListingCache:
             why,
         )
         return None
-
-    def _owner_damage(self, st: os.stat_result) -> str:
-        if not stat.S_ISREG(st.st_mode):
-            return "is not a regular file"
-        if st.st_uid != os.geteuid() and not self.trust_cache_dir:
-            return f"is owned by uid {st.st_uid}, not by you"
-        if st.st_size > MAX_RECORD:
-            return "is too large"
-        return ""

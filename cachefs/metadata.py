@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import math
 import os
-import secrets
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import crc32c
-
 from cachefs.chunks import FileVersion
 from cachefs.tiers.disk import open_dir, secure_dir
+from cachefs.tiers.records_io import (
+    RecordDir,
+    bad_time,
+    check_crc,
+    load_json,
+    read_record,
+    seal,
+    write_record,
+)
 
 __all__ = [
     "MISSING",
@@ -57,9 +60,6 @@ _RECORD_FORMAT = 3  # 3 adds the modification time; 2 is still read
 _READ_FORMATS = (2, 3)  # 1 (no checksum) is read as damage and learned again
 _MAX_RECORD = 1 << 16
 _MAX_SIZE = (1 << 63) - 1
-# A record stamped further ahead than this would never expire: damage.
-_FUTURE_SLACK = 86400.0
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def record_name(protocol: str, path: str) -> str:
@@ -68,16 +68,13 @@ def record_name(protocol: str, path: str) -> str:
     return f"{name.hexdigest()}.json"
 
 
-def record_damage(raw: bytes, st: os.stat_result, name: str, *, trust: bool) -> str:
+def record_damage(raw: bytes, name: str) -> str:
     """Return why the version record ``raw`` filed as ``name`` is damaged.
 
-    ``""`` when it is sound: a regular file of ours (or ``trust``), a valid
-    checksummed record, filed under its own protocol and path's name.
+    ``""`` when it is sound: a valid checksummed record, filed under its own
+    protocol and path's name. (Whose file it is, and what kind, is checked
+    as it is read: :func:`~cachefs.tiers.records_io.read_record`.)
     """
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if st.st_uid != os.geteuid() and not trust:
-        return f"is owned by uid {st.st_uid}, not by you"
     try:
         version, _ = decode_record(raw)
     except ValueError as exc:
@@ -85,12 +82,6 @@ def record_damage(raw: bytes, st: os.stat_result, name: str, *, trust: bool) -> 
     if record_name(version.protocol, version.path) != name:
         return "is filed under another file's name"
     return ""
-
-
-def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode()
 
 
 def encode_record(
@@ -110,12 +101,7 @@ def encode_record(
         "fetched": fetched,
         "mtime": mtime,
     }
-    body["crc32c"] = crc32c.crc32c(_canonical(body))
-    return _canonical(body)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"holds {name}")
+    return seal(body)
 
 
 def decode_record(raw: bytes) -> tuple[FileVersion, float]:
@@ -130,14 +116,6 @@ def decode_record(raw: bytes) -> tuple[FileVersion, float]:
     return version, fetched
 
 
-def _bad_time(stamp: Any) -> bool:
-    return (
-        type(stamp) not in (int, float)
-        or not math.isfinite(stamp)
-        or not 0 <= stamp <= time.time() + _FUTURE_SLACK
-    )
-
-
 def decode_record_mtime(raw: bytes) -> tuple[FileVersion, float, float | None]:
     """Verify and parse a stored version record, with the file's mtime.
 
@@ -146,27 +124,18 @@ def decode_record_mtime(raw: bytes) -> tuple[FileVersion, float, float | None]:
     ValueError
         If the record is damaged; the message says how.
     """
-    if len(raw) > _MAX_RECORD:
-        raise ValueError("is too large")
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("is not JSON") from None
-    except ValueError as exc:
-        raise ValueError(f"is not JSON ({exc})") from None
+    body = load_json(raw, _MAX_RECORD)
     if not isinstance(body, dict):
         raise ValueError("is not a JSON object")
     form = body.get("format")
     if form not in _READ_FORMATS:
         raise ValueError(f"has an unknown format ({form!r})")
-    crc = body.pop("crc32c", None)
-    if type(crc) is not int or crc32c.crc32c(_canonical(body)) != crc:
-        raise ValueError("failed its CRC32C check")
+    check_crc(body)
     fields = {"format", "protocol", "path", "size", "token", "fetched"}
     if set(body) != (fields if form == 2 else fields | {"mtime"}):
         raise ValueError("has unexpected fields")
     mtime = body.get("mtime")
-    if mtime is not None and _bad_time(mtime):
+    if mtime is not None and bad_time(mtime):
         raise ValueError(f"has a bad modification time {mtime!r}")
     protocol, path, token = body["protocol"], body["path"], body["token"]
     size, fetched = body["size"], body["fetched"]
@@ -176,7 +145,7 @@ def decode_record_mtime(raw: bytes) -> tuple[FileVersion, float, float | None]:
         raise ValueError("has a path or token that is not a string")
     if type(size) is not int or not 0 <= size <= _MAX_SIZE:
         raise ValueError(f"has a bad size {size!r}")
-    if _bad_time(fetched):
+    if bad_time(fetched):
         raise ValueError(f"has a bad time {fetched!r}")
     version = FileVersion(protocol, path, size, token)
     return version, float(fetched), None if mtime is None else float(mtime)
@@ -269,9 +238,10 @@ class MetadataCache:
             tuple[str, str], tuple[FileVersion, float, float | None]
         ] = {}
         self._lock = threading.Lock()
-        self._unusable_logged = False
+        self._records: RecordDir | None = None
         if root is not None:
             secure_dir(root, trust=trust_cache_dir)
+            self._records = RecordDir(root, "version records")
 
     def get(self, protocol: str, path: str) -> FileVersion | None:
         """Return the fresh version of ``path``, or ``None``."""
@@ -342,21 +312,10 @@ class MetadataCache:
         if self.root is None or self.ttl == 0:
             return
         data = encode_record(version, now, mtime)
-        final = record_name(version.protocol, version.path)
-        tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}"
         with self._dir() as dfd:
-            if dfd is None:
-                return
-            try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-                fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except OSError:
-                # A metadata record is an optimisation; never fail a read for it.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
+            if dfd is not None:
+                final = record_name(version.protocol, version.path)
+                write_record(dfd, final, data)
 
     def drop(self, protocol: str, path: str) -> FileVersion | None:
         """Forget ``path``; return the version that was known, if any."""
@@ -373,26 +332,10 @@ class MetadataCache:
             if proto == protocol:
                 yield path
 
-    @contextlib.contextmanager
-    def _dir(self) -> Iterator[int | None]:
+    def _dir(self) -> contextlib.AbstractContextManager[int | None]:
         """Open the records' directory, never through a symlink."""
-        assert self.root is not None
-        try:
-            dfd = open_dir(self.root)
-        except OSError as exc:
-            if not self._unusable_logged:
-                self._unusable_logged = True
-                log.warning(
-                    "cachefs: version records in %s are not used: %s",
-                    self.root,
-                    exc.strerror or exc,
-                )
-            yield None
-            return
-        try:
-            yield dfd
-        finally:
-            os.close(dfd)
+        assert self._records is not None
+        return self._records.open()
 
     def _unlink(self, name: str) -> None:
         with self._dir() as dfd:
@@ -407,19 +350,13 @@ class MetadataCache:
         with self._dir() as dfd:
             if dfd is None:
                 return None
-            try:
-                fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
-            except FileNotFoundError:
+            read = read_record(dfd, name, limit=_MAX_RECORD, trust=self.trust_cache_dir)
+            if read is None:
                 return None
-            except OSError as exc:
-                why = f"cannot be opened ({exc.strerror})"
-            else:
-                with os.fdopen(fd, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    raw = fh.read(_MAX_RECORD + 1)
-                why = self._check(raw, st, protocol, path)
-                if not why:
-                    return decode_record_mtime(raw)
+            why, raw = read
+            why = why or record_damage(raw, name)
+            if not why:
+                return decode_record_mtime(raw)
         log.warning(
             "cachefs: dropping version record %s/%s: it %s; learning it again",
             self.root,
@@ -428,12 +365,6 @@ class MetadataCache:
         )
         self._unlink(name)
         return None
-
-    def _check(self, raw: bytes, st: os.stat_result, protocol: str, path: str) -> str:
-        """Return why a record of ``protocol``/``path`` is damaged, or ``""``."""
-        return record_damage(
-            raw, st, record_name(protocol, path), trust=self.trust_cache_dir
-        )
 
     # -- the records read from outside (the ``cachefs`` command) -------------
 
@@ -473,17 +404,11 @@ class MetadataCache:
             for name in sorted(os.listdir(dfd)):
                 if not name.endswith(".json"):
                     continue  # a record being written
-                try:
-                    fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
-                except FileNotFoundError:
+                read = read_record(dfd, name, limit=_MAX_RECORD, trust=trust)
+                if read is None:
                     continue
-                except OSError as exc:
-                    bad.append((root / name, f"cannot be opened ({exc.strerror})"))
-                    continue
-                with os.fdopen(fd, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    raw = fh.read(_MAX_RECORD + 1)
-                why = record_damage(raw, st, name, trust=trust)
+                why, raw = read
+                why = why or record_damage(raw, name)
                 if why:
                     bad.append((root / name, f"version record {why}"))
                     continue
