@@ -30,7 +30,7 @@ from cachefs.errors import (
     classify,
 )
 from cachefs.receive.pool import ConnectionPool
-from cachefs.receive.ranged import Unsupported, stream_range
+from cachefs.receive.ranged import DirectGet, Unsupported, stream_range
 from cachefs.receive.read import RangeRead, check_content_range, total_of
 from cachefs.receive.s3 import SignedGets, s3_get
 from cachefs.receive.targets import http_get
@@ -385,21 +385,8 @@ class Fetcher:
         s3fs (:meth:`_stream_s3fs`).
         """
         get = await s3_get(self.target, read.path, self._signed)
-        if get is not None:
-            try:
-                await stream_range(
-                    self.pool(),
-                    get,
-                    read,
-                    on_bytes=self._count,
-                    size_of=lambda: self._size_of(read.path),
-                    if_match=read.etag(),
-                )
-                self.stats.direct += 1
-                return
-            except Unsupported:
-                pass  # nothing was delivered: s3fs reads it
-        await self._stream_s3fs(read)
+        if not await self._stream_direct(get, read, if_match=read.etag()):
+            await self._stream_s3fs(read)  # nothing was delivered: s3fs reads it
 
     async def _stream_s3fs(self, read: RangeRead) -> None:
         """One GetObject; parts delivered as they arrive, info from its headers.
@@ -466,20 +453,35 @@ class Fetcher:
         chunked bodies, custom sessions) go through fsspec's session.
         """
         get = http_get(self.target, read.path)
-        if get is not None:
-            try:
-                await stream_range(
-                    self.pool(),
-                    get,
-                    read,
-                    on_bytes=self._count,
-                    size_of=lambda: self._size_of(read.path),
-                )
-                self.stats.direct += 1
-                return
-            except Unsupported:
-                pass  # nothing was delivered: the general client reads it
-        await self._stream_aiohttp(read)
+        if not await self._stream_direct(get, read):
+            # Nothing was delivered: the general client reads it.
+            await self._stream_aiohttp(read)
+
+    async def _stream_direct(
+        self, get: DirectGet | None, read: RangeRead, *, if_match: str | None = None
+    ) -> bool:
+        """Read ``read`` with the direct client; ``False`` if it cannot.
+
+        ``False`` when there is no direct GET for the target or the response
+        is one the direct client does not reproduce (:class:`Unsupported`,
+        raised before anything is delivered), so the caller's fallback reads
+        the whole range.
+        """
+        if get is None:
+            return False
+        try:
+            await stream_range(
+                self.pool(),
+                get,
+                read,
+                on_bytes=self._count,
+                size_of=lambda: self._size_of(read.path),
+                if_match=if_match,
+            )
+        except Unsupported:
+            return False
+        self.stats.direct += 1
+        return True
 
     def _opened(self) -> None:
         self.stats.connections += 1
