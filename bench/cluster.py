@@ -36,6 +36,7 @@ from bench.cluster_model import (
     shuffle_order,
     simulate,
 )
+from bench.procs import stop_process
 from bench.report import Row, Target
 from cachefs.tiers.disk import CHUNK_HEADER
 
@@ -199,11 +200,7 @@ def measure(setup: Setup) -> list[dict[str, float]]:
                 except OSError:
                     pass
         for proc in [*nodes, origin]:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 30)
     return out
 
 

@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from bench.procs import Closing
 
 __all__ = ["READ_OPTIONS", "Volume", "juicefs_binary", "why_not"]
 
@@ -124,7 +124,7 @@ class Volume:
         return Mount(self, cache_dir, cache_bytes, options)
 
 
-class Mount:
+class Mount(Closing):
     """A running ``juicefs mount -d``; unmounted on exit."""
 
     def __init__(
@@ -171,14 +171,3 @@ class Mount:
             subprocess.run(["umount", "-l", str(self.path)], check=False)
             if os.path.ismount(self.path):
                 raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

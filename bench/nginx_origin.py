@@ -20,9 +20,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
+
+from bench.procs import Closing, stop_process
 
 __all__ = ["NginxOrigin", "start_http_origin", "tmpfs_dir"]
 
@@ -81,7 +82,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
     raise RuntimeError(f"nginx did not listen on port {port} in {timeout:g} s")
 
 
-class NginxOrigin:
+class NginxOrigin(Closing):
     """nginx serving ``root`` on ``127.0.0.1`` (see the module docstring)."""
 
     def __init__(self, root: Path, binary: str) -> None:
@@ -142,25 +143,10 @@ class NginxOrigin:
         """Stop nginx (SIGTERM to its master) and remove its prefix."""
         if self._proc.poll() is None:
             self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
         if self._proc.stderr is not None:
             self._proc.stderr.close()
         shutil.rmtree(self._prefix, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def start_http_origin(root: Path) -> Any:

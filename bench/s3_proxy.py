@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.procs import stop_process
+
 __all__ = ["LATENCY", "Origin", "start_origin"]
 
 #: Seconds the proxy adds to every forwarded request.
@@ -89,11 +91,7 @@ class Origin:
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _spawn(*argv: str) -> tuple[subprocess.Popen[bytes], str]:

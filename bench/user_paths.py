@@ -52,10 +52,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
+from bench.procs import Closing, stop_process
 from bench.report import Row, as_reference, compare, filesystem_of, median
 from cachefs.testing import make_shards
 
@@ -92,7 +92,7 @@ def _log(scenario: str, text: str) -> None:
 # -- the origin process and the pass processes -------------------------------
 
 
-class OriginProcess:
+class OriginProcess(Closing):
     """An :class:`HTTPOrigin` serving ``root`` from a child process."""
 
     def __init__(self, root: Path, latency: float = LATENCY) -> None:
@@ -134,24 +134,9 @@ class OriginProcess:
         """Stop the origin process."""
         if self._proc.stdin is not None:
             self._proc.stdin.close()
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop_process(self._proc)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def run_pass(spec: dict[str, Any], timeout: float = 300.0) -> Result:
