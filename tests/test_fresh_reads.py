@@ -10,35 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 from cachefs import CacheFileSystem
 from cachefs.testing import HTTPOrigin
-from cachefs.tiers.record import block_size, record_overhead
-
-MiB = 2**20
-CS = 4 * MiB
-BLOCK = block_size(CS)
-
-
-def blob(seed: int, size: int = CS) -> bytes:
-    piece = bytes((seed * 7 + i) % 251 for i in range(4096))
-    return (piece * (size // 4096 + 1))[:size]
-
-
-def warm(tmp_path: Path, url: str, data: bytes) -> dict[str, object]:
-    opts: dict[str, object] = {
-        "target_protocol": "http",
-        "cache_dir": str(tmp_path / "c"),
-        "chunk_size": CS,
-        "ram_limit": 0,
-        "skip_instance_cache": True,
-    }
-    fs = CacheFileSystem(**opts)
-    assert fs.cat_file(url) == data
-    fs.wait_idle()
-    fs.close()
-    return opts
+from cachefs.tiers.record import record_overhead
+from tests._blocks import BLOCK, CS, blob, warm
 
 
 def test_random_reads_ask_the_tier_once_per_chunk_and_verify_each_block_once(

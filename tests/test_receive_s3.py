@@ -26,17 +26,6 @@ def payload(seed: int, size: int = SIZE) -> bytes:
 
 
 @pytest.fixture
-def put(s3_server: S3Server, s3_bucket: str) -> Callable[[str, bytes], str]:
-    client = s3_server.client()
-
-    def upload(key: str, data: bytes) -> str:
-        client.put_object(Bucket=s3_bucket, Key=key, Body=data)
-        return f"{s3_bucket}/{key}"
-
-    return upload
-
-
-@pytest.fixture
 def make(s3_server: S3Server, tmp_path: Path) -> Callable[..., CacheFileSystem]:
     def build(
         target_options: dict[str, Any] | None = None, **kwargs: Any

@@ -20,16 +20,8 @@ from cachefs.chunks import FileVersion
 from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin
 from cachefs.tiers.disk import DiskTier
-from cachefs.tiers.record import block_size, record_overhead
-
-MiB = 2**20
-CS = 4 * MiB
-BLOCK = block_size(CS)  # 16 KiB
-
-
-def blob(seed: int, size: int = CS) -> bytes:
-    piece = bytes((seed * 7 + i) % 251 for i in range(4096))
-    return (piece * (size // 4096 + 1))[:size]
+from cachefs.tiers.record import record_overhead
+from tests._blocks import BLOCK, CS, blob, warm
 
 
 def tier_at(root: Path) -> DiskTier:
@@ -104,17 +96,7 @@ def test_a_damaged_block_is_fetched_again_through_the_filesystem(tmp_path):
     data = blob(3) + blob(9)
     with HTTPOrigin(files={"f.bin": data}) as origin:
         url = origin.url_for("f.bin")
-        opts = {
-            "target_protocol": "http",
-            "cache_dir": str(tmp_path / "c"),
-            "chunk_size": CS,
-            "ram_limit": 0,
-            "skip_instance_cache": True,
-        }
-        fs = CacheFileSystem(**opts)
-        assert fs.cat_file(url) == data
-        fs.wait_idle()
-        fs.close()
+        opts = warm(tmp_path, url, data)
         (path,) = [p for p in (tmp_path / "c" / "chunks").rglob("*") if _first(p, data)]
         flip(path, record_overhead(CS) + 7 * BLOCK)
         origin.reset_stats()

@@ -28,18 +28,6 @@ def payload(seed: int, size: int = SIZE) -> bytes:
 
 
 @pytest.fixture
-def put(s3_server: S3Server, s3_bucket: str) -> Callable[[str, bytes], str]:
-    """Upload an object; return its ``bucket/key`` path."""
-    client = s3_server.client()
-
-    def upload(key: str, data: bytes) -> str:
-        client.put_object(Bucket=s3_bucket, Key=key, Body=data)
-        return f"{s3_bucket}/{key}"
-
-    return upload
-
-
-@pytest.fixture
 def make_s3fs(s3_server: S3Server, tmp_path: Path) -> Callable[..., CacheFileSystem]:
     def make(**kwargs: Any) -> CacheFileSystem:
         options: dict[str, Any] = {
