@@ -19,16 +19,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cachefs.testing import HTTPOrigin, make_shards
+from tests._drivers import spawn_driver
 
-REPO = Path(__file__).resolve().parents[1]
 KiB = 2**10
 MiB = 2**20
 
@@ -140,19 +138,7 @@ print(json.dumps({"children": children, "slowest": slowest, "bad": bad}))
 
 def run_driver(code: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run ``code`` in its own session; kill the whole session on a hang."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH")) if p
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-    )
+    proc = spawn_driver(code, args, new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -16,16 +16,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cachefs.testing import HTTPOrigin, make_shards
+from tests._drivers import spawn_driver
 
-REPO = Path(__file__).resolve().parents[1]
 MiB = 2**20
 STOPPED_AT_MOST = 30.0  # A stays stopped until B is done, or this long
 
@@ -67,21 +64,6 @@ print(json.dumps({"sha": hashlib.sha256(data).hexdigest(), "took": took,
 """
 
 
-def spawn(code: str, args: dict[str, Any]) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH")) if p
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-
-
 def wait_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -98,13 +80,13 @@ def test_a_stopped_lock_holder_costs_one_fetch_budget(tmp_path, lock):
     (name, data), *_ = files.items()
     with HTTPOrigin(files=files) as origin:
         args = {"cache_dir": str(tmp_path / "cache"), "url": origin.url_for(name)}
-        holder = spawn(HOLDER, {**args, "lock": lock})
+        holder = spawn_driver(HOLDER, {**args, "lock": lock})
         reader = None
         try:
             assert wait_line(holder, 60.0) == "holding"
             os.kill(holder.pid, signal.SIGSTOP)
             stopped = time.monotonic()
-            reader = spawn(READER, args)
+            reader = spawn_driver(READER, args)
             try:
                 # The old code waits as long as A is stopped: give up at 30 s.
                 out, err = reader.communicate(timeout=STOPPED_AT_MOST)
