@@ -306,6 +306,29 @@ def _prefetch(spec: Spec) -> Callable[[], dict[str, Any]]:
     return run
 
 
+def _cli_warm(spec: Spec) -> Callable[[], dict[str, Any]]:
+    """``cachefs warm -j 16 URL...`` as the command runs it, in this process."""
+    import contextlib
+    import io
+
+    from cachefs.cli.main import main as cachefs_main
+
+    _preload(spec)
+
+    def run() -> dict[str, Any]:
+        argv = ["warm", *spec["urls"], "--cache-dir", spec["cache_dir"], "-j", "16"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = cachefs_main([*argv, "--json"])
+        doc = json.loads(out.getvalue())
+        if status != 0 or not doc["complete"]:
+            raise RuntimeError(f"cachefs warm exited {status}: {doc}")
+        # What the command moved from the origin into the disk tier.
+        return {"bytes": doc["origin_bytes"]}
+
+    return run
+
+
 def _sample(sample: dict[str, Any]) -> tuple[int, int]:
     return int(sample["__key__"]), len(sample["bin"])
 
@@ -376,6 +399,7 @@ PASSES: dict[str, Callable[[Spec], Callable[[], dict[str, Any]]]] = {
     "obstore": _obstore,
     "fsspec_open": _fsspec_open,
     "prefetch": _prefetch,
+    "cli_warm": _cli_warm,
     "shard_loader": _shard_loader,
     "s3torch": _s3torch,
 }
