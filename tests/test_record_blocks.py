@@ -1,6 +1,7 @@
-"""Chunk records with a CRC32C per block (format 3), issue 20.
+"""Chunk records with a CRC32C per block (format 4), issue 20.
 
-A reader verifies the blocks it reads and no others; a damaged block is
+A reader verifies the blocks it reads and no others, and a big first read
+checks the whole payload's CRC32C in one call; a damaged block is
 found when read, and the chunk dropped and fetched again; records of the
 previous format (2: one CRC32C over everything) are still read, verified
 whole, and older ones dropped cleanly. Publishing keeps its directories
@@ -90,6 +91,57 @@ def test_a_damaged_block_is_found_when_read_and_the_chunk_dropped(tmp_path):
     assert fresh.stats.checksum_failures == 1
     assert not path.exists()
     assert fresh.get(KEY) is None
+
+
+def test_a_big_first_read_checks_the_whole_payload_in_one_call(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    data = blob(4)
+    assert tier.put(KEY, data)
+    fresh = tier_at(tmp_path / "c")
+    # A sequential reader's first 1 MiB (a quarter chunk): the whole payload
+    # is verified at once, so its later reads check nothing more.
+    found = fresh.get_span(KEY, 0, CS // 4)
+    assert found is not None
+    view, whole = found
+    assert whole and view == data
+    assert fresh.verified_bytes == CS
+    assert fresh.get_span(KEY, CS // 2, CS) == (view, True)
+    assert fresh.verified_bytes == CS
+    # Just under a quarter is a random reader: only its blocks.
+    other = tier_at(tmp_path / "c")
+    found = other.get_span(KEY, 0, CS // 4 - BLOCK)
+    assert found is not None and not found[1]
+    assert other.verified_bytes == CS // 4 - BLOCK
+
+
+def test_a_big_first_read_finds_damage_outside_its_span(tmp_path):
+    tier = tier_at(tmp_path / "c")
+    data = blob(5)
+    assert tier.put(KEY, data)
+    path = tier.path_for(KEY.digest)
+    bad = 200  # in the last quarter
+    flip(path, record_overhead(CS) + bad * BLOCK + 9)
+    fresh = tier_at(tmp_path / "c")
+    # The whole payload's CRC32C fails; the block scan names the damaged
+    # block and the chunk is dropped, not served in part.
+    assert fresh.get_span(KEY, 0, CS // 4) is None
+    assert fresh.stats.checksum_failures == 1
+    assert not path.exists()
+
+
+def test_a_record_without_the_whole_payload_crc_is_damage(tmp_path):
+    # Format 3 (a block table without the whole payload's CRC32C) never
+    # shipped; a file of that format is dropped, never misread.
+    tier = tier_at(tmp_path / "c")
+    data = blob(6)
+    assert tier.put(KEY, data)
+    path = tier.path_for(KEY.digest)
+    raw = bytearray(path.read_bytes())
+    raw[4] = 3
+    path.write_bytes(bytes(raw))
+    fresh = tier_at(tmp_path / "c")
+    assert fresh.get(KEY) is None
+    assert fresh.stats.checksum_failures == 1
 
 
 def test_a_damaged_block_is_fetched_again_through_the_filesystem(tmp_path):

@@ -5,14 +5,18 @@ between them unchanged and is verified the same way wherever it is read::
 
     header (32 bytes): magic, format, codec id, codec config length,
                        CRC32C, raw length, stored length, block size
-    block table:       one CRC32C per payload block (4 bytes each)
+    block table:       one CRC32C per payload block (4 bytes each), then
+                       one CRC32C of the whole payload
     codec config:      JSON of a numcodecs codec (only when compressed)
     payload:           raw or compressed chunk bytes
 
 The payload is cut into at most :data:`BLOCK_SLOTS` blocks of one size (a
 multiple of 4 KiB; 16 KiB for a 4 MiB chunk), each with its own CRC32C in
 the block table, so a reader verifies only the blocks it reads
-(:class:`BlockCheck`). The header's CRC32C covers the chunk's key digest,
+(:class:`BlockCheck`); a reader of a quarter chunk or more at once checks
+the whole payload's CRC32C instead, one call at full speed, where 256 calls
+over 16 KiB blocks cost a sequential reader half its throughput. The
+header's CRC32C covers the chunk's key digest,
 the header (that field zeroed), the block table and the codec config: a
 record is valid only under the key it was written for, so a record copied
 or swapped to another chunk's name is damage, not a hit, and a block is
@@ -21,7 +25,8 @@ valid only if its bytes match its CRC32C. Only the codecs in
 damage too.
 
 Format 2 (one CRC32C over key, header, config and payload, no block table)
-is still read, verified whole; format 1 and unknown formats are damage.
+is still read, verified whole; format 1, format 3 (a block table without the
+whole payload's CRC32C, never released) and unknown formats are damage.
 :func:`record_overhead` says how many bytes a record adds to its payload.
 """
 
@@ -62,7 +67,7 @@ CHUNK_HEADER = struct.Struct("<4sBBHIQQH2x")
 #: payload, no block table.
 _WHOLE_HEADER = struct.Struct("<4sBBHIQQ4x")
 _MAGIC = b"CFSC"
-_FORMAT = 3
+_FORMAT = 4
 _FORMAT_WHOLE = 2  # still read, verified whole; 1 (no key binding) is damage
 _CODEC_NONE = 0
 _CODEC_NUMCODECS = 1  # a numcodecs codec; its JSON config follows the header
@@ -88,7 +93,7 @@ def block_size(stored: int) -> int:
 
 def record_overhead(stored: int) -> int:
     """Return the bytes a raw record adds to a payload of ``stored`` bytes."""
-    return CHUNK_HEADER.size + 4 * -(-stored // block_size(stored))
+    return CHUNK_HEADER.size + 4 * (-(-stored // block_size(stored)) + 1)
 
 
 class BlockCheck:
@@ -107,6 +112,9 @@ class BlockCheck:
         The block size.
     crcs
         One CRC32C per block.
+    whole
+        The CRC32C of the whole payload: a reader of a large span checks it
+        in one call when no block is verified yet.
 
     Attributes
     ----------
@@ -129,12 +137,16 @@ class BlockCheck:
         "pending",
         "sink",
         "size",
+        "whole",
     )
 
-    def __init__(self, payload: memoryview, size: int, crcs: tuple[int, ...]) -> None:
+    def __init__(
+        self, payload: memoryview, size: int, crcs: tuple[int, ...], whole: int
+    ) -> None:
         self.payload = payload
         self.size = size
         self.crcs = crcs
+        self.whole = whole
         self.pending = bytearray(b"\x01") * len(crcs)
         self.checked = 0
         self.sink: Any = None
@@ -163,6 +175,15 @@ class BlockCheck:
             return False
         size, pending, payload = self.size, self.pending, self.payload
         end = payload.nbytes if hi is None else min(hi, payload.nbytes)
+        if 4 * (end - lo) >= payload.nbytes and self.checked == 0:
+            # A big first read: one call over the payload, at full speed.
+            if crc32c.crc32c(payload) == self.whole:
+                pending[:] = bytes(len(pending))
+                self.checked = payload.nbytes
+                if self.sink is not None:
+                    self.sink.verified_bytes += payload.nbytes
+                return True
+            lo, end = 0, payload.nbytes  # damaged somewhere: find the block
         for i in range(lo // size, -(-end // size)):
             if pending[i]:
                 block = payload[i * size : (i + 1) * size]
@@ -289,6 +310,7 @@ class RecordCodec:
             crc32c.crc32c(payload[at : at + size])
             for at in range(0, payload.nbytes, size)
         ]
+        crcs.append(crc32c.crc32c(payload))
         table = struct.pack(f"<{len(crcs)}I", *crcs)
         fields = [
             _MAGIC,
@@ -335,7 +357,7 @@ class RecordCodec:
         size = units * _PAGE
         if size != block_size(stored):
             return None, f"has blocks of {size} bytes, not {block_size(stored)}"
-        start = CHUNK_HEADER.size + 4 * -(-stored // size)
+        start = CHUNK_HEADER.size + 4 * (-(-stored // size) + 1)
         table = buffer[CHUNK_HEADER.size : start]
         config, payload = buffer[start : start + conf_len], buffer[start + conf_len :]
         if stored != payload.nbytes:
@@ -345,9 +367,8 @@ class RecordCodec:
             return None, "failed its CRC32C check (damaged, or another chunk's record)"
         if conf_len and codec_config(config) is None:
             return None, "names a codec cachefs does not decode"
-        blocks = BlockCheck(
-            payload, size, struct.unpack(f"<{table.nbytes // 4}I", table)
-        )
+        *crcs, whole = struct.unpack(f"<{table.nbytes // 4}I", table)
+        blocks = BlockCheck(payload, size, tuple(crcs), whole)
         if conf_len or not lazy:
             if not blocks.verify():
                 return None, blocks.why
