@@ -479,9 +479,31 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             format_table(_rows(doc)),
             "",
         ]
+        configuration = _configuration(doc)
+        if configuration:
+            lines += [configuration, ""]
     page = out / "results.md"
     page.write_text("\n".join(lines))
     return page
+
+
+def _configuration(doc: dict[str, Any]) -> str:
+    """Say the workload configuration a scenario ran (DLIO's), or ""."""
+    rows = doc.get("rows") or [{}]
+    detail = rows[0].get("detail") or {}
+    if "workload" not in detail:
+        return ""
+    shown = ", ".join(
+        f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+        for k, v in detail.items()
+        if k != "workload" and not isinstance(v, dict)
+    )
+    moved = detail.get("origin_bytes") or {}
+    origin = ", ".join(f"{k} {v:,}" for k, v in moved.items())
+    return (
+        f"Configuration: DLIO workload `{detail['workload']}` unchanged except "
+        f"{shown}. Origin bytes: {origin or '-'}."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,3 +122,24 @@ def test_loader_peers_legends_are_readable() -> None:
     assert crowded(fig) == []
     assert len(fig.axes) == 2 and all(ax.get_legend() for ax in fig.axes)
     plt.close(fig)
+
+
+def test_the_dlio_configuration_is_on_the_results_page():
+    from bench.publish import _configuration
+
+    doc = {
+        "rows": [
+            {
+                "detail": {
+                    "workload": "unet3d_h100",
+                    "num_files_train": 28,
+                    "epochs": 2,
+                    "origin_bytes": {"mount cold": 4358365901, "mount warm": 0},
+                }
+            }
+        ]
+    }
+    line = _configuration(doc)
+    assert "`unet3d_h100`" in line and "num_files_train 28" in line
+    assert "mount cold 4,358,365,901" in line and "mount warm 0" in line
+    assert _configuration({"rows": [{"detail": {"size": 1}}]}) == ""
