@@ -310,10 +310,11 @@ def test_a_diskset_stores_in_the_chunks_directory(tmp_path: Path) -> None:
     lock = disks.stripe_lock(keys[0])
     assert lock.try_acquire()
     # The home tier's stripe: another descriptor (another process) is refused.
-    from cachefs.tiers.locks import StripeLock
+    from cachefs.tiers.locks import STRIPES_FILE, StripeLock, stripe_of
 
-    home = disks.tier_for(keys[0]).root / "locks" / keys[0].digest[:4]
-    assert not StripeLock(home).try_acquire()
+    home = disks.tier_for(keys[0]).root / "locks" / STRIPES_FILE
+    assert not StripeLock(home, stripe_of(keys[0].digest)).try_acquire()
+    assert StripeLock(home, stripe_of(keys[0].digest) ^ 1).try_acquire()
     lock.release()
 
 

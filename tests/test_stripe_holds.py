@@ -19,7 +19,7 @@ from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin
 from cachefs.tiers.disk import DiskTier
-from cachefs.tiers.locks import StripeLock
+from cachefs.tiers.locks import STRIPES_FILE, StripeLock, stripe_of
 
 KiB = 2**10
 
@@ -28,7 +28,7 @@ OTHER = r"""
 import sys
 from pathlib import Path
 from cachefs.tiers.locks import StripeLock
-sys.exit(0 if StripeLock(Path(sys.argv[1])).try_acquire() else 1)
+sys.exit(0 if StripeLock(Path(sys.argv[1]), int(sys.argv[2])).try_acquire() else 1)
 """
 
 
@@ -43,26 +43,28 @@ def _colliding(version: FileVersion, chunk: int) -> tuple[ChunkKey, ChunkKey]:
     raise AssertionError("unreachable")
 
 
-def _other_process_gets(path) -> bool:
-    run = subprocess.run([sys.executable, "-c", OTHER, str(path)], timeout=60)
+def _other_process_gets(path, offset) -> bool:
+    argv = [sys.executable, "-c", OTHER, str(path), str(offset)]
+    run = subprocess.run(argv, timeout=60)
     return run.returncode == 0
 
 
 def test_keys_of_one_stripe_share_its_lock_in_a_process(tmp_path):
     tier = DiskTier(tmp_path / "disk", 2**30, make_policy("lru"))
     a, b = _colliding(FileVersion("http", "/x", 2**40, "t"), 4 * KiB)
-    stripe = tmp_path / "disk" / "locks" / a.digest[:4]
+    stripe = tmp_path / "disk" / "locks" / STRIPES_FILE
+    offset = stripe_of(a.digest)
     first, second = tier.stripe_lock(a), tier.stripe_lock(b)
     assert first.try_acquire()
     assert second.try_acquire()  # was refused: the same process, another fd
     assert first.held and second.held
-    assert not _other_process_gets(stripe)
+    assert not _other_process_gets(stripe, offset)
     first.release()
-    assert not _other_process_gets(stripe)  # the second fetch still holds it
+    assert not _other_process_gets(stripe, offset)  # the second fetch still holds it
     first.release()  # idempotent: does not end the second hold
-    assert not StripeLock(stripe).try_acquire()
+    assert not StripeLock(stripe, offset).try_acquire()
     second.release()
-    assert _other_process_gets(stripe)
+    assert _other_process_gets(stripe, offset)
 
 
 def test_a_first_read_keeps_a_chunk_whose_stripe_another_fetch_holds(tmp_path):
@@ -109,5 +111,28 @@ def test_a_first_read_keeps_a_chunk_whose_stripe_another_fetch_holds(tmp_path):
                 assert router["waited"] == 0
             finally:
                 lock.release()
+        finally:
+            fs.close()
+
+
+def test_a_cold_fill_creates_one_lock_file_not_one_per_chunk(tmp_path):
+    # Every stripe is a byte of locks/stripes: a fill allocates an inode per
+    # chunk file, not another per lock (ext4 without a journal scans its
+    # recently deleted inodes at each allocation; cold_fill measures it).
+    chunk = 4 * KiB
+    data = bytes(range(256)) * (64 * chunk // 256)
+    with HTTPOrigin(files={"f.bin": data}) as origin:
+        fs = CacheFileSystem(
+            target_protocol="http",
+            cache_dir=str(tmp_path / "cache"),
+            chunk_size=chunk,
+            skip_instance_cache=True,
+        )
+        try:
+            assert fs.cat_file(origin.url_for("f.bin")) == data
+            fs.wait_idle()
+            locks = fs.router.disks[0].root / "locks"
+            assert sorted(p.name for p in locks.iterdir()) == [STRIPES_FILE]
+            assert len(fs.router.disk) == 64
         finally:
             fs.close()

@@ -4,7 +4,7 @@ Layout under the tier's root (created 0700)::
 
     chunks/<d[:2]>/<digest>   one file per chunk: header [+ codec config] + payload
     tmp/                      files being written; renamed into chunks/
-    locks/<d[:4]>             flock stripes for cross-process single-flight
+    locks/stripes             a byte-range lock per stripe: cross-process single flight
     usage                     the node-wide byte counter (flock-guarded)
 
 A chunk file becomes visible only complete (written under ``tmp/``, then
@@ -67,10 +67,10 @@ from cachefs.tiers.dirs import (
     remove_entry,
     secure_dir,
 )
-from cachefs.tiers.locks import StripeLock
+from cachefs.tiers.locks import FILE_STRIPES, STRIPES_FILE, stripe_of
 from cachefs.tiers.maps import MAPS, map_file, map_limit, pread_all
 from cachefs.tiers.record import CHUNK_HEADER, BlockCheck, RecordCodec
-from cachefs.tiers.stripes import StripeHolds
+from cachefs.tiers.stripes import SharedStripe, StripeHolds
 from cachefs.tiers.usage import UsageCounter
 
 if TYPE_CHECKING:
@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_HEADER",  # re-export
     "DiskTier",
-    "StripeLock",
     "check_dir",
     "is_chunk_name",
     "map_limit",
@@ -153,7 +152,7 @@ class DiskTier:
             secure_dir(self.root / sub if sub else self.root, trust=trust_cache_dir)
         self._chunks = self.root / "chunks"
         self._tmp = self.root / "tmp"
-        self._stripes = StripeHolds(self.root / "locks")
+        self._stripes = StripeHolds(self.root / "locks" / STRIPES_FILE)
         self._dirs = DirCache(self._chunks, self._tmp)
         self._usage = UsageCounter(self.root / "usage")
         # digest -> (payload view, last touch, blocks still unverified or None)
@@ -174,6 +173,7 @@ class DiskTier:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._dirs.close()
+            self._stripes.close()
 
     # -- reads ---------------------------------------------------------------
 
@@ -583,18 +583,18 @@ class DiskTier:
 
     # -- cross-process single flight -----------------------------------------
 
-    def stripe_lock(self, key: ChunkKey) -> StripeLock:
+    def stripe_lock(self, key: ChunkKey) -> SharedStripe:
         """Return the (unacquired) lock of ``key``'s stripe (shared in-process)."""
-        return self._stripes.lock(key.digest[:4])
+        return self._stripes.lock(stripe_of(key.digest))
 
-    def file_lock(self, name: str) -> StripeLock:
+    def file_lock(self, name: str) -> SharedStripe:
         """Return the (unacquired) cross-process lock for one origin file.
 
         Held while a process learns a new file's version from a ranged read,
         so other processes wait for that read instead of repeating it.
         """
         digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
-        return self._stripes.lock(f"file-{digest[:4]}")
+        return self._stripes.lock(FILE_STRIPES + stripe_of(digest))
 
     # -- housekeeping --------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cachefs.chunks import ChunkKey
 from cachefs.tiers.base import TierStats
 from cachefs.tiers.disk import DiskTier
-from cachefs.tiers.locks import StripeLock
+from cachefs.tiers.stripes import SharedStripe
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -135,11 +135,11 @@ class DiskSet:
 
     # -- cross-process locks -------------------------------------------------
 
-    def stripe_lock(self, key: ChunkKey) -> StripeLock:
+    def stripe_lock(self, key: ChunkKey) -> SharedStripe:
         """Return the lock of ``key``'s stripe in the chunk's directory."""
         return self.tier_for(key).stripe_lock(key)
 
-    def file_lock(self, name: str) -> StripeLock:
+    def file_lock(self, name: str) -> SharedStripe:
         """Return the lock for learning a file's version (first directory).
 
         One directory for every file, so every process takes the same lock.
