@@ -127,6 +127,8 @@ class DirCache:
         self._fds: dict[str, int] = {}
         self._retired: list[int] = []
         self._lock = threading.Lock()
+        # Read once: a getrlimit per chunk looked up was 2 system calls each.
+        self._keep = kept_dirs()
         #: Directories this cache opened (a count tests and benchmarks read).
         self.opens = 0
 
@@ -145,11 +147,14 @@ class DirCache:
             return
         with self._lock:
             fd = self._fds.get(digest[:2])
-            if fd is None and len(self._fds) < kept_dirs():
+            keep = fd is None and len(self._fds) < self._keep
+            if keep:
                 fd = self._open_shard(digest, create=create)
                 if fd is not None:
                     self._fds[digest[:2]] = fd
-        if fd is not None:
+        if fd is not None or keep:
+            # Kept, or missing and not to be made: a probe for a chunk not
+            # on disk yet costs one failed open, not two.
             yield fd
             return
         with open_shard(self.chunks, digest, create=create) as dfd:
