@@ -1,10 +1,11 @@
-"""Chunk records with a CRC32C per block (format 4), issue 20.
+"""Chunk records with a check per block (format 5: XXH3; 4: CRC32C), issue 20.
 
 A reader verifies the blocks it reads and no others, and a big first read
-checks the whole payload's CRC32C in one call; a damaged block is
+checks the whole payload's check in one call; a damaged block is
 found when read, and the chunk dropped and fetched again; records of the
-previous format (2: one CRC32C over everything) are still read, verified
-whole, and older ones dropped cleanly. Publishing keeps its directories
+previous formats (4: the same layout with CRC32C checks; 2: one CRC32C
+over everything) are still read and verified, and older ones dropped
+cleanly. Publishing keeps its directories
 open: the opens are counted per shard, not per chunk.
 """
 
@@ -21,7 +22,7 @@ from cachefs.chunks import FileVersion
 from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin
 from cachefs.tiers.disk import DiskTier
-from cachefs.tiers.record import record_overhead
+from cachefs.tiers.record import CHUNK_HEADER, block_size, record_overhead
 from tests._blocks import BLOCK, CS, blob, warm
 
 
@@ -36,6 +37,20 @@ def encode_v2(data: bytes, digest: str) -> bytes:
     crc = crc32c.crc32c(head.pack(*fields), crc32c.crc32c(bytes.fromhex(digest)))
     fields[4] = crc32c.crc32c(data, crc32c.crc32c(b"", crc))
     return head.pack(*fields) + data
+
+
+def encode_v4(data: bytes, digest: str) -> bytes:
+    """The format 4 encoder, as it was: CRC32C per block and of the whole."""
+    size = block_size(len(data))
+    crcs = [crc32c.crc32c(data[at : at + size]) for at in range(0, len(data), size)]
+    crcs.append(crc32c.crc32c(data))
+    table = struct.pack(f"<{len(crcs)}I", *crcs)
+    fields = [b"CFSC", 4, 0, 0, 0, len(data), len(data), size // 4096]
+    key = crc32c.crc32c(bytes.fromhex(digest))
+    fields[4] = crc32c.crc32c(
+        b"", crc32c.crc32c(CHUNK_HEADER.pack(*fields) + table, key)
+    )
+    return CHUNK_HEADER.pack(*fields) + table + data
 
 
 def flip(path: Path, at: int) -> None:
@@ -189,6 +204,34 @@ def test_format_2_records_are_read_whole_or_dropped(tmp_path, damaged):
     else:
         assert view == data
         assert tier.stats.checksum_failures == 0
+
+
+@pytest.mark.parametrize("damaged", [None, 3, 200])
+def test_format_4_records_are_read_block_by_block_or_dropped(tmp_path, damaged):
+    # Written by the previous release: CRC32C checks, the same layout.
+    tier = tier_at(tmp_path / "c")
+    data = blob(7)
+    record = bytearray(encode_v4(data, KEY.digest))
+    if damaged is not None:
+        record[record_overhead(CS) + damaged * BLOCK + 5] ^= 1
+    path = tier.path_for(KEY.digest)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(record)
+    path.chmod(0o600)
+    lo = 3 * BLOCK + 10
+    found = tier.get_span(KEY, lo, lo + 4096)  # a random read: block 3 only
+    if damaged == 3:
+        assert found is None and not path.exists()
+        assert tier.stats.checksum_failures == 1
+        return
+    assert found is not None and found[0][lo : lo + 4096] == data[lo : lo + 4096]
+    assert tier.verified_bytes == BLOCK
+    whole = tier.get(KEY)  # every block now: block 200 fails if damaged
+    if damaged is None:
+        assert whole == data and tier.verified_bytes == CS
+    else:
+        assert whole is None and not path.exists()
+        assert tier.stats.checksum_failures == 1
 
 
 def test_format_1_records_are_dropped(tmp_path):
