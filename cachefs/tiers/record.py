@@ -57,11 +57,11 @@ __all__ = [
     "record_overhead",
 ]
 
-#: Block CRC32Cs a record holds at most: the payload's blocks are sized so it
+#: Block checks a record holds at most: the payload's blocks are sized so it
 #: has this many or fewer. 256 puts 16 KiB blocks in a 4 MiB chunk: a 4 KiB
-#: random read checks 16 KiB (about 4 us at the 4.4 GB/s CRC32C measured
-#: here), where 64 KiB blocks cost 14 us, twice a 4 KiB pread; smaller blocks
-#: cost more calls per chunk written (docs/architecture.md).
+#: random read checks 16 KiB (a few microseconds), where a 64 KiB block cost
+#: as much as a 4 KiB pread with CRC32C; smaller blocks cost more calls per
+#: chunk written (docs/architecture.md).
 BLOCK_SLOTS = 256
 _PAGE = 4096
 #: magic, format version, codec id, codec config length, header crc32c (of
@@ -115,7 +115,7 @@ class BlockCheck:
     """The blocks of one payload and which of them are verified yet.
 
     A reader calls :meth:`verify` for the bytes it is about to hand out;
-    each block is checked against its CRC32C once, the first time it is
+    each block is checked against its check once, the first time it is
     asked for. Safe from several threads: a block two threads check at once
     is checked twice, never skipped.
 
@@ -126,7 +126,7 @@ class BlockCheck:
     size
         The block size.
     crcs
-        One CRC32C per block.
+        One check per block.
     whole
         The check of the whole payload: a reader of a large span checks it
         in one call when no block is verified yet.
