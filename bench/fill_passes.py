@@ -30,6 +30,8 @@ __all__ = ["PASSES", "main"]
 MiB = 2**20
 CHUNK = 4 * MiB
 INFLIGHT = 16
+# FP_WORKERS: the DataLoader workers of a ShardDataset pass (0: in-process,
+# for profiling the whole pass in one process).
 WORKERS = int(os.environ.get("FP_WORKERS", "2"))
 BATCH = 32
 
