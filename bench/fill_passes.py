@@ -281,14 +281,16 @@ def _fsspec_open(spec: Spec) -> Callable[[], dict[str, Any]]:
 
 def _cachefs_counts(fs: Any) -> dict[str, Any]:
     """What a cachefs pass did besides landing bytes: buffers, writes, waits."""
-    from cachefs.receive.landing import POOL
+    from dataclasses import asdict
 
-    stats = fs.cache_stats()
+    from cachefs.receive.landing import POOL
+    from cachefs.tiers.writer import WRITER
+
     return {
         "landing_made": POOL.made,
         "landing_reused": POOL.reused,
-        "writer": stats.get("writer"),
-        "dir_opens": stats.get("disk", {}).get("dir_opens"),
+        "writer": asdict(WRITER.stats),
+        "disk": fs.cache_stats()["disk"],
     }
 
 
