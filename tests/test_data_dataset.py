@@ -7,6 +7,7 @@ CacheFileSystem whose chunks are smaller than a shard.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -365,6 +366,26 @@ def test_dataloader_fork_workers(fs, urls, all_keys, workers):
     again = ShardDataset(urls, fs, seed=11, decode="bytes")
     loader2 = DataLoader(again, batch_size=5, num_workers=workers, **extra)
     assert epochs(again, 2, lambda: loader_keys(loader2)) == orders[:2]
+
+
+def _key_and_frozen(sample: dict[str, Any]) -> tuple[str, int]:
+    return sample["__key__"], gc.get_freeze_count()
+
+
+def test_forked_workers_freeze_what_they_inherited(fs, urls, all_keys):
+    # A forked worker's first full collection would walk (and copy) the
+    # parent's whole heap; the building process itself is never frozen.
+    before = gc.get_freeze_count()
+    ds = ShardDataset(urls, fs, seed=5, decode=_key_and_frozen)
+    assert len(list(ds)) == len(all_keys)
+    assert gc.get_freeze_count() == before
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context="fork"
+    )
+    got = list(loader)
+    assert sorted(k for k, _ in got) == sorted(k for _, k in all_keys)
+    assert min(n for _, n in got) > 0
+    assert gc.get_freeze_count() == before
 
 
 @NO_ACCELERATOR

@@ -34,7 +34,7 @@ from fsspec.utils import get_protocol
 from cachefs.data.index import IndexStore, ShardIndex
 from cachefs.data.partition import Span, cut, rank_plan
 from cachefs.data.shards import Sample, ShardReader
-from cachefs.data.world import World
+from cachefs.data.world import World, freeze_inherited
 from cachefs.filesystem import CacheFileSystem
 from cachefs.prefetch import PrefetchHandle
 
@@ -334,6 +334,7 @@ class ShardDataset(_Base):  # type: ignore[misc]
         #: Samples in all shards together.
         self.total_samples = sum(self._counts)
         self._epoch = 0
+        self._built_in = os.getpid()
         # The epoch lives in shared memory so that DataLoader workers (which
         # hold copies of this object, persistent ones across epochs) see
         # set_epoch calls made in the main process.
@@ -448,6 +449,7 @@ class ShardDataset(_Base):  # type: ignore[misc]
     # -- iteration -----------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
+        freeze_inherited(self._built_in)
         world = World.detect(self.rank, self.world_size)
         epoch = self.epoch
         spans = self._spans(epoch, world)
