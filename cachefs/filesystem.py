@@ -13,22 +13,17 @@ import io
 import os
 import weakref
 from collections.abc import Sequence
+from inspect import isasyncgenfunction, iscoroutinefunction
 from typing import Any
 
 import fsspec
-from fsspec.asyn import AsyncFileSystem
+from fsspec.asyn import AsyncFileSystem, async_gen_wrapper, async_methods, private
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from cachefs.assembly import build_router, cache_stats, make_target
-from cachefs.bridge import (
-    call_sync,
-    name_timeouts_of,
-    on_own_loop,
-    register,
-    renewed,
-)
+from cachefs.bridge import call_sync, on_own_loop, register, renewed
 from cachefs.chunks import ChunkKey, assemble, clip, span_keys
 from cachefs.config import CacheConfig, default_cache_dir, split_keywords
 from cachefs.errors import StaleVersionError
@@ -53,6 +48,10 @@ _WRITE_MODES = frozenset({"wb", "ab", "xb"})
 class _CacheFileSystemType(type(AsyncFileSystem)):  # type: ignore[misc]
     """fsspec's instance cache, with settings normalised and named timeouts."""
 
+    def __init__(cls, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _mirror_blocking(cls)
+
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("target_options"):
             # URL chaining always passes ``target_options={}``: the same
@@ -61,14 +60,44 @@ class _CacheFileSystemType(type(AsyncFileSystem)):  # type: ignore[misc]
         # fsspec's token hashes the keywords in the order given: sorted, the
         # same settings make the same token however they were spelled.
         obj = super().__call__(*args, **dict(sorted(kwargs.items())))
-        name_timeouts_of(obj)
         if obj.asynchronous and not vars(obj).get("_twin_routed"):
             _route_blocking_calls(obj)
         return obj
 
 
-# Blocking methods of the class itself (fsspec mirrors the others per instance).
+# Blocking methods of the class itself (the others are mirrored coroutines).
 _BLOCKING = ("cat_file", "_open")
+
+
+def _mirror_blocking(cls: Any) -> None:
+    """Give ``cls`` the blocking twin of each coroutine fsspec would mirror.
+
+    fsspec builds them per instance, and they were wrapped to name their
+    timeouts per instance too: 0.26 ms of a new process's first open (issue
+    20). Built once per class, by fsspec's rule; each finds its coroutine
+    when called, so an override is the one run.
+    """
+    cls.mirror_sync_methods = False  # fsspec's per-instance pass
+    for method in set(async_methods + dir(AsyncFileSystem)):
+        name, coro = method[1:], getattr(cls, method, None)
+        default = getattr(cls, name, None) is getattr(AbstractFileSystem, name, "")
+        gen = isasyncgenfunction(coro)
+        if private.match(method) and default and (gen or iscoroutinefunction(coro)):
+            mirror = _blocking(method, gen)
+            mirror.__name__, mirror.__qualname__ = name, f"{cls.__qualname__}.{name}"
+            mirror.__doc__ = coro.__doc__ or getattr(AbstractFileSystem, name).__doc__
+            setattr(cls, name, mirror)
+
+
+def _blocking(method: str, gen: bool) -> Any:
+    def mirror(self: CacheFileSystem, *args: Any, **kwargs: Any) -> Any:
+        if self.asynchronous:  # no loop of its own: its synchronous twin's
+            return getattr(self.sync_twin(), method[1:])(*args, **kwargs)
+        if gen:
+            return async_gen_wrapper(getattr(self, method), obj=self)(*args, **kwargs)
+        return call_sync(self.loop, getattr(self, method), *args, **kwargs)
+
+    return mirror
 
 
 def _route_blocking_calls(obj: CacheFileSystem) -> None:
@@ -80,12 +109,7 @@ def _route_blocking_calls(obj: CacheFileSystem) -> None:
     blocking methods have no loop to run on; the twin (same settings, same
     tiers) has fsspec's. Coroutines stay the asynchronous cache's own.
     """
-    mirrored = [
-        name
-        for name, attr in vars(obj).items()
-        if not name.startswith("_") and callable(attr) and hasattr(attr, "__wrapped__")
-    ]
-    for name in [*mirrored, *_BLOCKING]:
+    for name in _BLOCKING:  # the mirrored coroutines see to it themselves
         setattr(obj, name, functools.partial(_call_twin, weakref.ref(obj), name))
     obj._twin_routed = True
 

@@ -354,9 +354,15 @@ class MetadataCache:
             if read is None:
                 return None
             why, raw = read
-            why = why or record_damage(raw, name)
-            if not why:
-                return decode_record_mtime(raw)
+            if not why:  # record_damage's checks, with the record parsed once
+                try:
+                    item = decode_record_mtime(raw)
+                except ValueError as exc:
+                    why = str(exc)
+                else:
+                    if record_name(item[0].protocol, item[0].path) == name:
+                        return item
+                    why = "is filed under another file's name"
         log.warning(
             "cachefs: dropping version record %s/%s: it %s; learning it again",
             self.root,
