@@ -199,7 +199,9 @@ class BlockCheck:
         if self.bad is not None:
             return False
         size, pending, payload = self.size, self.pending, self.payload
-        end = payload.nbytes if hi is None else min(hi, payload.nbytes)
+        end = payload.nbytes
+        if hi is not None and hi < end:
+            end = hi
         if lo < end <= lo + size and not (
             pending[lo // size] or pending[(end - 1) // size]
         ):
