@@ -37,6 +37,7 @@ from bench import (
     user_loaders,
     user_paths,
     user_reads,
+    warm_jobs,
 )
 from bench.report import Result, Row, format_table, loadavg, machine_info, unmet
 from cachefs import parse_size
@@ -68,6 +69,7 @@ SCENARIOS: dict[str, Scenario] = {
     "mount": mount.run,
     "dlio": dlio.run,
     "cold_fill": cold_fill.run,
+    "warm_jobs": warm_jobs.run,
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

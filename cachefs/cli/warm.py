@@ -17,7 +17,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -57,17 +57,48 @@ class BoundedListing:
     Each call is bounded by ``request_timeout`` and retried like a read (the
     raw target waits as long as its own client does), and nothing is
     recorded in the cache: an HTTP index page is not a file to remember.
+    :meth:`ask_infos` asks for many infos at once; :meth:`info` then answers
+    from them, and :meth:`asked` hands them on (a warm learns each named
+    file's version from them, not from a second request).
     """
 
-    def __init__(self, fs: CacheFileSystem) -> None:
+    def __init__(self, fs: CacheFileSystem, limit: int = 16) -> None:
         self._fs = fs
+        self.limit = max(limit, 1)
+        self._infos: dict[str, dict[str, Any] | Exception] = {}
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         fs = self._fs
         return call_sync(fs.loop, fs.fetcher.metadata, method, path, **kwargs)
 
+    def ask_infos(self, paths: Sequence[str]) -> None:
+        """Ask for the info of every path in ``paths``, :attr:`limit` at a time.
+
+        One origin round trip for a list of named files instead of one per
+        file in turn. A path's failure is kept and raised by :meth:`info`.
+        """
+        todo = [p for p in dict.fromkeys(paths) if p not in self._infos]
+        if not todo:
+            return
+        fs = self._fs
+        answers = call_sync(fs.loop, _ask_infos, fs.fetcher, todo, self.limit)
+        for path, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+            self._infos[path] = answer
+
+    def asked(self, path: str) -> dict[str, Any] | None:
+        """Return the info :meth:`ask_infos` got for ``path``, if it got one."""
+        answer = self._infos.get(path)
+        return dict(answer) if isinstance(answer, dict) else None
+
     def info(self, path: str) -> dict[str, Any]:
         """Return the target's info of ``path``."""
+        answer = self._infos.get(path)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None:
+            return dict(answer)
         info: dict[str, Any] = self._call("info", path)
         return info
 
@@ -80,6 +111,19 @@ class BoundedListing:
         """Return the paths ``pattern`` matches."""
         paths: list[str] = self._call("glob", pattern)
         return paths
+
+
+async def _ask_infos(
+    fetcher: Any, paths: Sequence[str], limit: int
+) -> list[dict[str, Any] | BaseException]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(path: str) -> dict[str, Any]:
+        async with gate:
+            info: dict[str, Any] = await fetcher.metadata("info", path)
+        return info
+
+    return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
 
 def expand_urls(
@@ -101,6 +145,7 @@ def expand_urls(
         Naming the first URL that matches nothing.
     """
     found: set[str] = set()
+    _ask_infos_of(target, urls, heartbeat)
     for url in urls:
         files = _expand_one(target, url, recursive, heartbeat)
         if not files:
@@ -119,10 +164,24 @@ def _expand_one(
         out: list[str] = []
         with _waiting(heartbeat, f"the listing of {url}"):
             matches = target.glob(url)
+        _ask_infos_of(target, matches, heartbeat)
         for match in matches:
             out += _expand_plain(target, match, recursive, heartbeat, quiet=True)
         return out
     return _expand_plain(target, url, recursive, heartbeat, quiet=False)
+
+
+def _ask_infos_of(
+    target: AbstractFileSystem | BoundedListing,
+    paths: Sequence[str],
+    heartbeat: Heartbeat | None,
+) -> None:
+    """Ask for the infos of ``paths`` at once (one round trip, not one each)."""
+    if not isinstance(target, BoundedListing) or not paths:
+        return
+    more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+    with _waiting(heartbeat, f"the info of {paths[0]}{more}"):
+        target.ask_infos(paths)
 
 
 def _names_a_path(
@@ -227,17 +286,29 @@ async def _learn(
     paths: Sequence[str],
     limit: int,
     heartbeat: Heartbeat | None,
+    asked: Callable[[str], dict[str, Any] | None],
 ) -> list[FileVersion | BaseException | None]:
-    """Ask the origin for each file's info, ``limit`` at a time; learn versions.
+    """Learn each file's version, asking the origin ``limit`` at a time.
 
-    The origin is asked even for a version the node knows: a warm checks
-    that the cached version is still the origin's. ``None`` for a directory.
+    A version this node holds as fresh (``metadata_ttl``) is taken as
+    the resolver takes it. Otherwise ``asked(path)``, the info the listing
+    just got from the origin, gives it: one info request per file named,
+    not two. Files without one (found by ``find``) are asked for.
+    ``None`` for a directory.
     """
     resolver = fs.resolver
     gate = asyncio.Semaphore(limit)
 
     async def one(path: str) -> FileVersion | None:
         tpath = resolver.target_path(path)
+        known = resolver.known(tpath)
+        if known is not None:
+            return known
+        info = asked(path)
+        # An HTML page may be a listing: the resolver asks whether it is one.
+        if info is not None and info.get("mimetype") != "text/html":
+            is_dir = info.get("type") == "directory"
+            return None if is_dir else resolver.from_info(tpath, info)
         async with gate:
             with _waiting(heartbeat, f"the info of {_url(fs, path)}"):
                 info = await resolver.info(tpath)
@@ -254,11 +325,12 @@ def _versions(
     paths: Sequence[str],
     limit: int,
     heartbeat: Heartbeat | None = None,
+    asked: Callable[[str], dict[str, Any] | None] = lambda path: None,
 ) -> tuple[list[FileVersion], list[tuple[str, str]]]:
-    """Learn every file's version (one metadata request each, concurrently)."""
+    """Learn every file's version (at most one metadata request each, at once)."""
     versions: list[FileVersion] = []
     failed: list[tuple[str, str]] = []
-    learned = sync(fs.loop, _learn, fs, paths, limit, heartbeat)
+    learned = sync(fs.loop, _learn, fs, paths, limit, heartbeat, asked)
     for path, version in zip(paths, learned, strict=True):
         if isinstance(version, BaseException):
             if not isinstance(version, Exception):
@@ -353,11 +425,12 @@ def _warm(
 ) -> WarmResult:
     # Every listing call bounded by request_timeout and retried, so a silent
     # origin ends the warm with an error naming the URL.
-    files = expand_urls(BoundedListing(fs), urls, recursive, heartbeat=heartbeat)
+    listing = BoundedListing(fs, jobs)
+    files = expand_urls(listing, urls, recursive, heartbeat=heartbeat)
     mine = world.rank_share(files)
     result = WarmResult(world.rank, world.world_size, [_url(fs, p) for p in mine])
     started = time.monotonic()
-    versions, failed = _versions(fs, mine, jobs, heartbeat)
+    versions, failed = _versions(fs, mine, jobs, heartbeat, listing.asked)
     result.failed = [(_url(fs, p), e) for p, e in failed]
     result.size = sum(v.size for v in versions)
     result.cached_before = sum(_cached_bytes(fs, v)[0] for v in versions)
