@@ -27,8 +27,12 @@ Systems, each read by a torch DataLoader with 2 workers and batch 32:
 Two configurations: ``big`` (every cache 4x the data set, epochs 0-2) and
 ``half`` (every cache limited to half the data set with the library's own
 knob, epochs 0-3). Each (system, configuration) runs in a fresh process with
-fresh cache directories. Reported per epoch: samples/s, origin bytes ÷ the
-system's own data-set size, and whether every sample id came exactly once.
+fresh cache directories; it imports its system's libraries before the
+clock starts (imports are once per program, as in ``cold_fill`` and the
+``user_*`` scenarios), and the system's set-up (filesystem, clients,
+datasets, loader) is timed and counted in epoch 0. Reported per epoch:
+samples/s, origin bytes ÷ the system's own data-set size, and whether every
+sample id came exactly once.
 Targets (reported, not asserted): cachefs ``ShardDataset`` >= 1.2x the best
 peer in the cold epoch and in each warm epoch of ``big``; at ``half``, origin
 bytes per epoch from epoch 1 <= 1.1x the bound 1 - cache/dataset.
@@ -132,6 +136,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     )
     origin = _stats_client(proxy)
     origin.reset()
+    _preload(system)
     t_setup = time.perf_counter()
     epoch_fn: Any
     tars = [f"{bucket}/tars/shard-{s:05d}.tar" for s in range(spec["shards"])]
@@ -280,6 +285,31 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {"setup_s": setup_s, "setup_bytes": setup_bytes, "epochs": out}
+
+
+def _preload(system: str) -> None:
+    """Import what ``system`` needs before the clock starts.
+
+    Imports happen once per program, not once per epoch; the passes of
+    ``cold_fill`` and the ``user_*`` scenarios keep them out of the timed
+    pass too, for every system alike. What a system builds (clients,
+    sessions, models it parses) stays in the timed set-up.
+    """
+    import fsspec
+
+    modules = {
+        CACHEFS: ("cachefs", "cachefs.data.dataset"),
+        S3TORCH: ("s3torchconnector",),
+        JUICEFS: ("webdataset",),
+        "LitData StreamingDataset": ("litdata", "litdata.streaming.downloader"),
+    }.get(system, ("webdataset", "cachefs") if "webdataset" in system else ())
+    for name in modules:
+        importlib.import_module(name)
+    if system == CACHEFS or "webdataset +" in system:
+        # The S3 target's library (s3fs, aiobotocore), imported on first use.
+        fsspec.get_filesystem_class("s3")
+    if system.startswith("MosaicML"):
+        _streaming()
 
 
 def _total(stats: dict[str, Any]) -> int:
