@@ -16,7 +16,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from cachefs.chunks import ChunkKey, FileVersion
@@ -24,7 +23,14 @@ from cachefs.errors import OriginResponseError
 from cachefs.fetch import Fetcher
 from cachefs.tiers.base import AsyncTier, NodeTier, ProcessLock, Tier
 from cachefs.tiers.diskset import DiskSet
-from cachefs.tiers.fills import Arrivals, Fills, adjacent_runs, keep_taken, retrieve
+from cachefs.tiers.fills import (
+    Arrivals,
+    Fills,
+    RouterStats,
+    adjacent_runs,
+    keep_taken,
+    retrieve,
+)
 from cachefs.tiers.staging import Staging
 from cachefs.tiers.waits import Turn, fetch_budget, wait_turn
 from cachefs.tiers.writer import WRITER
@@ -34,45 +40,6 @@ if TYPE_CHECKING:
     from cachefs.tiers.shared import SharedTier
 
 __all__ = ["ChunkRouter", "RouterStats"]
-
-
-@dataclass(slots=True)
-class RouterStats:
-    """Counters of the router.
-
-    Attributes
-    ----------
-    fills
-        Chunks this process fetched from the origin.
-    coalesced_requests
-        Ranged requests issued for those chunks.
-    joined
-        Misses that joined a fetch already in flight in this process.
-    waited
-        Misses that waited for another process to fetch the chunk.
-    waited_out
-        Waits for another process (a chunk's or a file's lock) past a
-        fetch's budget: the bytes were read here (:mod:`cachefs.tiers.waits`).
-    promotions
-        Disk hits copied up to the RAM tier.
-    wait_seconds
-        Time readers spent waiting for chunks to arrive from the origin.
-    readahead_wakeups
-        Readahead batches a reader's thread handed to the event loop.
-    """
-
-    fills: int = 0
-    coalesced_requests: int = 0
-    joined: int = 0
-    waited: int = 0
-    waited_out: int = 0
-    promotions: int = 0
-    wait_seconds: float = 0.0
-    readahead_wakeups: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        """Return the counters as a plain dict."""
-        return asdict(self)
 
 
 class ChunkRouter:
@@ -427,7 +394,7 @@ class ChunkRouter:
     async def _fetch_and_store(self, keys: list[ChunkKey]) -> None:
         first, last = keys[0], keys[-1]
         self.stats.coalesced_requests += 1
-        arrivals = Arrivals(self.fills, keys)
+        arrivals = Arrivals(self.fills, keys, self._store_soon)
         try:
             await self.fetcher.stream(
                 first.version.path,
@@ -442,11 +409,22 @@ class ChunkRouter:
         finally:
             await self._store_fetched(arrivals)
 
+    def _store_soon(
+        self, items: list[tuple[ChunkKey, memoryview]]
+    ) -> asyncio.Future[None]:
+        """Start storing fetched chunks in the tiers; the task doing it."""
+        publish = self._below is not None
+        return asyncio.ensure_future(self._store_items(items, publish=publish))
+
     async def _store_fetched(self, arrivals: Arrivals) -> None:
-        """Count what one ranged read fetched, and store it in the tiers."""
+        """Count what one ranged read fetched; wait until it is stored."""
         if arrivals.got:
             self.stats.fills += len(arrivals.got)
-            await self._store_items(arrivals.got, publish=self._below is not None)
+        if arrivals.unstored:
+            arrivals.stores.append(self._store_soon(arrivals.unstored))
+        for done in await asyncio.gather(*arrivals.stores, return_exceptions=True):
+            if isinstance(done, BaseException):
+                raise done
 
     async def _accept(self, items: list[tuple[ChunkKey, memoryview]]) -> None:
         """Hand chunks from the shared tier to their readers; store them here."""
@@ -495,7 +473,7 @@ class ChunkRouter:
         learned: asyncio.Future[FileVersion] = loop.create_future()
         learned.add_done_callback(retrieve)
         fills = self.fills
-        arrivals = Arrivals(fills)
+        arrivals = Arrivals(fills, store=self._store_soon)
         held: list[ProcessLock] = []
         staging = self.staging if staged else None
 

@@ -103,3 +103,46 @@ def test_a_cold_read_publishes_its_chunks_in_fewer_batches(tmp_path):
         fs.close()
     assert chunks == CHUNKS
     assert batches == 1 and wakeups == 1, (batches, wakeups)
+
+
+def test_a_big_chunk_is_stored_while_the_rest_of_its_read_streams(tmp_path):
+    # A read of 4 chunks of 2 MiB (landing buffers from the pool) stores each
+    # chunk as it arrives: the first is on disk while the origin is still
+    # sending the rest (2 MiB/s: the last byte comes about 3 s after the
+    # first chunk), so its buffer can take another chunk's bytes. Before,
+    # every chunk of a read was stored once the read had ended.
+    from cachefs.testing import HTTPOrigin
+
+    chunk = 2 * 2**20
+    data = bytes(range(256)) * (4 * chunk // 256)
+    with HTTPOrigin(files={"f.bin": data}, bandwidth=chunk) as origin:
+        fs = CacheFileSystem(
+            target_protocol="http",
+            cache_dir=str(tmp_path / "cache"),
+            chunk_size=chunk,
+            ram_limit=0,
+            skip_instance_cache=True,
+        )
+        chunks = tmp_path / "cache" / "chunks"
+        got: list[bytes] = []
+        reader = threading.Thread(
+            target=lambda: got.append(fs.cat_file(origin.url_for("f.bin")))
+        )
+        try:
+            reader.start()
+            sent_when_stored = None
+            for _ in range(3000):  # 30 s at most
+                if any(p.is_file() for p in chunks.rglob("*")):
+                    sent_when_stored = origin.stats.bytes_sent
+                    break
+                reader.join(0.01)
+            reader.join(60)
+            fs.wait_idle()
+            stored = sum(1 for p in chunks.rglob("*") if p.is_file())
+        finally:
+            fs.close()
+    assert got == [data]
+    assert stored == 4
+    assert sent_when_stored is not None and sent_when_stored < len(data), (
+        sent_when_stored
+    )

@@ -15,7 +15,8 @@ budget back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cachefs.buffers import HUGE_PAGE
@@ -28,11 +29,51 @@ from cachefs.tiers.staging import Staging
 __all__ = [
     "Arrivals",
     "Fills",
+    "RouterStats",
     "adjacent_runs",
     "disk_serves",
     "keep_taken",
     "retrieve",
 ]
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Counters of the router.
+
+    Attributes
+    ----------
+    fills
+        Chunks this process fetched from the origin.
+    coalesced_requests
+        Ranged requests issued for those chunks.
+    joined
+        Misses that joined a fetch already in flight in this process.
+    waited
+        Misses that waited for another process to fetch the chunk.
+    waited_out
+        Waits for another process (a chunk's or a file's lock) past a
+        fetch's budget: the bytes were read here (:mod:`cachefs.tiers.waits`).
+    promotions
+        Disk hits copied up to the RAM tier.
+    wait_seconds
+        Time readers spent waiting for chunks to arrive from the origin.
+    readahead_wakeups
+        Readahead batches a reader's thread handed to the event loop.
+    """
+
+    fills: int = 0
+    coalesced_requests: int = 0
+    joined: int = 0
+    waited: int = 0
+    waited_out: int = 0
+    promotions: int = 0
+    wait_seconds: float = 0.0
+    readahead_wakeups: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        """Return the counters as a plain dict."""
+        return asdict(self)
 
 
 def retrieve(fut: asyncio.Future[Any]) -> None:
@@ -255,13 +296,34 @@ class Arrivals:
     keys
         The chunks expected from the read (more may be added with
         :meth:`expect`).
+    store
+        Starts storing arrived chunks in the tiers below the reader and
+        returns the task doing it, or ``None``. A chunk of a huge page or
+        more is then stored as it arrives, not once the whole read has
+        ended: a read of a 16 MiB file held its first 4 MiB chunk's landing
+        buffer until the last byte (the pool could not hand it out again),
+        and all its chunks reached the disk writer at once, after the
+        transfer. Smaller chunks (plain buffers, which no pool reuses) are
+        stored together when the read ends (:attr:`unstored`): one batch
+        for the writer, not one per chunk.
     """
 
-    def __init__(self, fills: Fills, keys: Iterable[ChunkKey] = ()) -> None:
+    def __init__(
+        self,
+        fills: Fills,
+        keys: Iterable[ChunkKey] = (),
+        store: Callable[[list[tuple[ChunkKey, memoryview]]], asyncio.Future[None]]
+        | None = None,
+    ) -> None:
         self._fills = fills
+        self._store = store
         self.expected: dict[int, ChunkKey] = {k.start: k for k in keys}
         #: The chunks that arrived, in order.
         self.got: list[tuple[ChunkKey, memoryview]] = []
+        #: The stores started as chunks arrived (see ``store``).
+        self.stores: list[asyncio.Future[None]] = []
+        #: The chunks that arrived and were not stored yet.
+        self.unstored: list[tuple[ChunkKey, memoryview]] = []
 
     def expect(self, key: ChunkKey) -> None:
         """Add ``key`` to the chunks this read delivers."""
@@ -274,6 +336,10 @@ class Arrivals:
             view = memoryview(data).cast("B").toreadonly()
             self._fills.deliver(key, view)
             self.got.append((key, view))
+            if self._store is not None and view.nbytes >= HUGE_PAGE:
+                self.stores.append(self._store([(key, view)]))
+            else:
+                self.unstored.append((key, view))
 
     def check_complete(self, path: str, start: int, stop: int) -> None:
         """Fail the read if it ended before every expected chunk arrived.
