@@ -380,7 +380,10 @@ def _shard_loader(spec: Spec) -> Callable[[], dict[str, Any]]:
         # sample delivered means every shard's bytes landed.
         if samples != sum(spec["counts"]):
             raise OSError(f"{samples} samples, expected {sum(spec['counts'])}")
-        return {"bytes": sum(spec["sizes"]), "samples": samples, "payload": payload}
+        out = {"bytes": sum(spec["sizes"]), "samples": samples, "payload": payload}
+        if WORKERS == 0:  # the fill ran in this process: its counters are here
+            out.update(_cachefs_counts(fs))
+        return out
 
     return run
 
