@@ -341,8 +341,15 @@ def _cli_warm(spec: Spec) -> Callable[[], dict[str, Any]]:
         doc = json.loads(out.getvalue())
         if status != 0 or not doc["complete"]:
             raise RuntimeError(f"cachefs warm exited {status}: {doc}")
+        from cachefs.receive.landing import POOL
+
         # What the command moved from the origin into the disk tier.
-        return {"bytes": doc["origin_bytes"]}
+        made, reused = POOL.made, POOL.reused
+        return {
+            "bytes": doc["origin_bytes"],
+            "landing_made": made,
+            "landing_reused": reused,
+        }
 
     return run
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from cachefs.testing import HTTPOrigin, make_shards
 
 MiB = 2**20
@@ -77,4 +79,38 @@ def test_without_a_disk_tier_unread_chunks_still_wait_for_their_reader(make_fs):
         assert stats["spilled"] == 0 and stats["wasted"] == 0
         assert stats["staged_bytes"] == 4 * MiB
         handle.cancel()
+        fs.close()
+
+
+@pytest.mark.parametrize("hold", [0.0, HOLD])
+def test_with_no_hold_a_stored_chunk_leaves_staging_at_once(make_fs, hold):
+    # prefetch_hold=0 (``cachefs warm``: nobody will read): each chunk of a
+    # huge page or more leaves staging as soon as the disk tier holds it, so
+    # its landing buffer takes the next chunk; with a hold, staged chunks
+    # wait for their reader (the budget here is large enough for all).
+    files = make_shards(4, 8 * MiB, seed=14)
+    with HTTPOrigin(files=files) as origin:
+        fs = make_fs(
+            chunk_size="2MiB",
+            prefetch_limit="64MiB",
+            prefetch_hold=hold,
+            ram_limit=0,
+            disk_limit="1GiB",
+        )
+        urls = [origin.url_for(name) for name in sorted(files)]
+        handle = fs.prefetch(urls)
+        assert handle.wait(timeout=60) and not handle.failed
+        fs.wait_idle()
+        stats = fs.cache_stats()["prefetch"]
+        assert len(fs.router.disks[0]) == 16
+        if hold:
+            assert stats["staged_bytes"] == 32 * MiB and stats["spilled"] == 0
+        else:
+            assert stats["staged_bytes"] == 0 and stats["spilled"] == 16
+        assert stats["wasted"] == 0
+        sent = origin.stats.bytes_sent
+        assert sent == 32 * MiB
+        for name, url in zip(sorted(files), urls, strict=True):
+            assert fs.cat_file(url) == files[name]
+        assert origin.stats.bytes_sent == sent
         fs.close()

@@ -233,8 +233,18 @@ class Fills:
         page stay (see :func:`keep_taken`).
         """
         POOL.trim()  # free landing buffers past the pool's bound go now
-        ram = self.ram
-        if ram is None or disk is None:
+        ram, staging = self.ram, self.staging
+        if disk is None:
+            return
+        if staging is not None and staging.hold <= 0:
+            # No reader is held for (``cachefs warm``): a staged chunk the
+            # disk serves is dropped now, not when the budget runs out, so
+            # its landing buffer takes the next chunk instead of the whole
+            # budget's worth of fresh memory staying staged.
+            staging.spill(
+                k for k, v in items if v.nbytes >= HUGE_PAGE and disk_serves(disk, k)
+            )
+        if ram is None:
             return
         for key, view in items:
             if (

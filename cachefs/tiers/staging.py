@@ -129,13 +129,23 @@ class Staging:
 
     def abandon(self, keys: Iterable[ChunkKey]) -> None:
         """Drop staged ``keys`` now; they count as wasted."""
+        self._drop(keys, spilled=False)
+
+    def spill(self, keys: Iterable[ChunkKey]) -> None:
+        """Drop staged ``keys`` a tier below serves (counted as spilled)."""
+        self._drop(keys, spilled=True)
+
+    def _drop(self, keys: Iterable[ChunkKey], *, spilled: bool) -> None:
         dropped = False
         with self._lock:
             for key in keys:
                 item = self._entries.pop(key, None)
                 if item is not None:
                     self.stats.staged_bytes -= item[0].nbytes
-                    self.stats.wasted += 1
+                    if spilled:
+                        self.stats.spilled += 1
+                    else:
+                        self.stats.wasted += 1
                     dropped = True
         if dropped:
             self._signal()
