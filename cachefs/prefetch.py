@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures import Future as ThreadFuture
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from cachefs.router import ChunkRouter
     from cachefs.versions import VersionResolver
 
-__all__ = ["PrefetchHandle"]
+__all__ = ["FirstReads", "PrefetchHandle", "all_done"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,42 @@ DEPTH = 2
 
 #: An explicit prefetch item: a path, or ``(path, start, end)``.
 PrefetchItem = str | tuple[str, int | None, int | None]
+
+
+class FirstReads:
+    """How many new files' first reads a prefetch keeps in flight.
+
+    A first read (up to ``max_coalesce`` of a file whose version is not
+    known) lands its whole span in fresh buffers, and 16 of them at once
+    put 256 MiB in flight: more landing buffers than the pool reuses, and
+    bytes written to disk long after they came in (a cold ShardDataset
+    epoch over nginx made 78-102 new 4 MiB mappings for 128 chunks, an
+    ``fsspec.open`` pass 0-5). Enough first reads run together to hide the
+    wait for each one's first byte and no more: after each, ``(first byte +
+    body) / body`` of them, between 2 and ``most`` (a 500 ms origin: all;
+    an origin on loopback: 2).
+
+    Parameters
+    ----------
+    most
+        First reads in flight at most.
+    """
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.allowed = min(2, most)
+        self.running = 0
+
+    def may_start(self) -> bool:
+        """Whether another first read may start now."""
+        return self.running < self.allowed
+
+    def finished(self, wait: float | None, body: float | None) -> None:
+        """Count a first read done; ``wait`` and ``body`` its two durations."""
+        self.running -= 1
+        if wait is not None and body is not None and body > 0:
+            need = math.ceil((wait + body) / body)
+            self.allowed = max(min(2, self.most), min(self.most, need))
 
 
 class PrefetchHandle:
@@ -83,6 +120,7 @@ class PrefetchHandle:
         self._pending: dict[str, int] = {}
         #: The item its consumer reads now (see :meth:`reached`).
         self._reader_at = -1
+        self._pacing = FirstReads(16)
 
     def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Start :meth:`run`: on ``loop``, from another thread.
@@ -183,6 +221,7 @@ class PrefetchHandle:
             # Tracked with the router's fills: close() cancels and drains it.
             router.track(self._task)
         lookahead = 16
+        self._pacing = FirstReads(lookahead)
         resolving: dict[int, asyncio.Task[Any]] = {}
         in_flight: deque[asyncio.Future[Any]] = deque()
         cs = resolver.chunk_size
@@ -202,7 +241,7 @@ class PrefetchHandle:
             # of the next files in flight now, as far as the budget allows,
             # so no file's request waits for another file's headers.
             first, span = self._first_span(self.items[i], group)
-            if staging.try_reserve(span):
+            if self._pacing.may_start() and staging.try_reserve(span):
                 resolving[i] = asyncio.ensure_future(
                     self._first_read(path, first, span)
                 )
@@ -256,13 +295,8 @@ class PrefetchHandle:
                         self._pending[path] = self._pending.get(path, 0) + 1
                         fut.add_done_callback(self._counter(path, nbytes))
                     if futures:
-                        batch_done = asyncio.gather(
-                            *(asyncio.shield(f) for f in futures.values()),
-                            return_exceptions=True,
-                        )
                         # Cancelled on close(): nobody awaits it then.
-                        batch_done.add_done_callback(_quiet)
-                        in_flight.append(batch_done)
+                        in_flight.append(all_done(futures.values()))
             while in_flight:
                 await in_flight.popleft()
         finally:
@@ -309,10 +343,38 @@ class PrefetchHandle:
         return first, span
 
     async def _first_read(self, path: str, first: int, span: int) -> FileVersion:
-        """Read a new file's first batch (reserved already); return its version."""
-        version, _ = await self.resolver.resolve_span(
-            path, first, span, staged=True, reserved=span
-        )
+        """Read a new file's first batch (reserved already); return its version.
+
+        Returns once the headers give the version; the body's end is
+        counted for :class:`FirstReads` when its chunks have all landed.
+        """
+        pacing = self._pacing
+        pacing.running += 1
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            version, _ = await self.resolver.resolve_span(
+                path, first, span, staged=True, reserved=span
+            )
+        except BaseException:
+            pacing.finished(None, None)
+            raise
+        learned = loop.time()
+        inflight = self.router.fills.inflight
+        stop = min(first + span, version.size)
+        body = [
+            fut
+            for key in self.resolver.keys(version, first, stop)
+            if (fut := inflight.get(key)) is not None
+        ]
+        if not body:
+            pacing.finished(None, None)
+            return version
+
+        def landed(_: asyncio.Future[Any]) -> None:
+            pacing.finished(learned - began, loop.time() - learned)
+
+        all_done(body).add_done_callback(landed)
         return version
 
     def _limit(self) -> int:
@@ -364,6 +426,31 @@ def prefetch_items(items: Any, target_path: Callable[[str], str]) -> list[Prefet
                 f"got {item!r}"
             )
     return out
+
+
+def all_done(futures: Iterable[asyncio.Future[Any]]) -> asyncio.Future[None]:
+    """Return a future done once every one of ``futures`` is.
+
+    It holds none of their results: a gather would keep every chunk of a
+    batch (and its landing buffer) alive until the last one arrived. Their
+    exceptions are marked retrieved (their readers got them).
+    """
+    pending = list(futures)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = len(pending)
+
+    def one(fut: asyncio.Future[Any]) -> None:
+        nonlocal left
+        _quiet(fut)
+        left -= 1
+        if not left and not done.done():
+            done.set_result(None)
+
+    if not pending:
+        done.set_result(None)
+    for fut in pending:
+        fut.add_done_callback(one)
+    return done
 
 
 def _quiet(fut: asyncio.Future[Any]) -> None:

@@ -255,3 +255,22 @@ def test_usable_after_fork(origin, shard_files, make_fs):
     assert got.decode() == want.hexdigest()
     # The parent is unaffected.
     assert fs.cat_file(origin.url_for(names[2])) == shard_files[names[2]]
+
+
+def test_first_reads_in_flight_follow_the_wait_for_the_first_byte():
+    # Unit: how many new files' first reads a prefetch keeps in flight. Two
+    # until one has ended; then (first byte + body) / body of them, 2 to 16.
+    from cachefs.prefetch import FirstReads
+
+    pacing = FirstReads(16)
+    pacing.running = 2
+    assert not pacing.may_start()
+    pacing.finished(0.001, 0.016)  # loopback: the body is the wait
+    assert pacing.allowed == 2 and pacing.may_start()
+    pacing.running += 1
+    pacing.finished(0.5, 0.02)  # a 500 ms origin: as many as allowed
+    assert pacing.allowed == 16
+    pacing.finished(None, None)  # failed: counted, nothing learned
+    assert pacing.running == 0 and pacing.allowed == 16
+    pacing.finished(0.05, 0.05)
+    assert pacing.allowed == 2

@@ -15,6 +15,7 @@ budget back.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -290,6 +291,12 @@ class Fills:
                     staging.unreserve(key.length)
                     staging.forget(key)
 
+    def landed(self, key: ChunkKey) -> None:
+        """Take ``key``'s delivered fill out of flight (it is stored now)."""
+        fut = self.inflight.get(key)
+        if fut is not None and fut.done():
+            del self.inflight[key]
+
     def after_fork(self) -> None:
         """Forget the parent's fills in a forked child."""
         self.inflight = {}
@@ -328,8 +335,10 @@ class Arrivals:
         self._fills = fills
         self._store = store
         self.expected: dict[int, ChunkKey] = {k.start: k for k in keys}
-        #: The chunks that arrived, in order.
-        self.got: list[tuple[ChunkKey, memoryview]] = []
+        #: The chunks that arrived, in order (keys only: a view held here
+        #: would keep its landing buffer from the next chunk until the read
+        #: ends).
+        self.got: list[ChunkKey] = []
         #: The stores started as chunks arrived (see ``store``).
         self.stores: list[asyncio.Future[None]] = []
         #: The chunks that arrived and were not stored yet.
@@ -345,11 +354,18 @@ class Arrivals:
         if key is not None:
             view = memoryview(data).cast("B").toreadonly()
             self._fills.deliver(key, view)
-            self.got.append((key, view))
+            self.got.append(key)
             if self._store is not None and view.nbytes >= HUGE_PAGE:
-                self.stores.append(self._store([(key, view)]))
+                store = self._store([(key, view)])
+                # Stored: its in-flight future (which holds the view) goes,
+                # and later readers find the chunk in the tiers.
+                store.add_done_callback(functools.partial(self._landed, key))
+                self.stores.append(store)
             else:
                 self.unstored.append((key, view))
+
+    def _landed(self, key: ChunkKey, _: asyncio.Future[None]) -> None:
+        self._fills.landed(key)
 
     def check_complete(self, path: str, start: int, stop: int) -> None:
         """Fail the read if it ended before every expected chunk arrived.
