@@ -250,8 +250,10 @@ _LOCK_FDS: set[int] = set()
 #: Held while a lock descriptor is opened and registered, or unregistered and
 #: closed, and across ``fork()``: a fork cannot land between ``open`` and
 #: the registration (the child would keep a copy nobody knows of), nor
-#: between the unregistration and ``close``.
-_LOCK_FDS_GUARD = threading.Lock()
+#: between the unregistration and ``close``. Reentrant: a garbage collection
+#: inside ``open_lock_fd`` may finalize a tier, whose ``__del__`` closes its
+#: stripe descriptor here, in the same thread (a plain lock hung there).
+_LOCK_FDS_GUARD = threading.RLock()
 
 
 def open_lock_fd(opener: Callable[[], int]) -> int:
@@ -299,7 +301,7 @@ def _close_inherited_lock_fds() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _LOCK_FDS.clear()
-    _LOCK_FDS_GUARD = threading.Lock()  # the forking thread held it
+    _LOCK_FDS_GUARD = threading.RLock()  # the forking thread held it
 
 
 # -- live objects: one fork hook, one exit hook --------------------------------
