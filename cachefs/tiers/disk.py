@@ -213,8 +213,7 @@ class DiskTier:
         digest = key.digest
         entry = self._maps.get(digest)
         if entry is None:
-            loaded = self._map(digest, key.length, lo, hi)
-            if loaded is None:
+            if (loaded := self._map(digest, key.length, lo, hi)) is None:
                 self.stats.misses += 1
                 return None
             view, blocks = loaded
@@ -322,6 +321,8 @@ class DiskTier:
                 # one: read a copy, keep no descriptor, verify it whole.
                 view = memoryview(pread_all(fd, size))
                 lazy = False
+            with contextlib.suppress(OSError):  # its recency for LRU (_touch's)
+                os.utime(fd)  # through the descriptor: no lookup by name
         finally:
             os.close(fd)
         record, why = RecordCodec.check(view, expected, digest, lazy=lazy)
@@ -348,7 +349,6 @@ class DiskTier:
         if chunk is None:
             self._drop_damaged(digest, why)
             return None
-        self._touch(digest, now)
         if raw and mapped is not None:
             with self._lock:
                 self._maps[digest] = (chunk, now, blocks)
