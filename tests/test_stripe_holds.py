@@ -67,21 +67,29 @@ def test_keys_of_one_stripe_share_its_lock_in_a_process(tmp_path):
     assert _other_process_gets(stripe, offset)
 
 
+CHUNK = 4 * KiB
+DATA = bytes(range(256)) * (64 * CHUNK // 256)
+
+
+def _cache(tmp_path, **options) -> CacheFileSystem:
+    """A filesystem over http with 4 KiB chunks under ``tmp_path/cache``."""
+    return CacheFileSystem(
+        target_protocol="http",
+        cache_dir=str(tmp_path / "cache"),
+        chunk_size=CHUNK,
+        skip_instance_cache=True,
+        **options,
+    )
+
+
 def test_a_first_read_keeps_a_chunk_whose_stripe_another_fetch_holds(tmp_path):
     # The file's first read streams every chunk; one of them shares its
     # stripe with a chunk another fetch of this process holds. Before, that
     # chunk's bytes were dropped and fetched again: 1 chunk more at the origin.
-    chunk = 4 * KiB
-    data = bytes(range(256)) * (64 * chunk // 256)
+    chunk, data = CHUNK, DATA
     with HTTPOrigin(files={"f.bin": data}) as origin:
-        fs = CacheFileSystem(
-            target_protocol="http",
-            cache_dir=str(tmp_path / "cache"),
-            chunk_size=chunk,
-            request_timeout=1,  # a wait for the stripe lasts about 2 s
-            retries=0,
-            skip_instance_cache=True,
-        )
+        # A wait for the stripe lasts about 2 s.
+        fs = _cache(tmp_path, request_timeout=1, retries=0)
         try:
             url = origin.url_for("f.bin")
             info = fs.info(url)  # the version only: no chunk is read
@@ -119,17 +127,10 @@ def test_a_cold_fill_creates_one_lock_file_not_one_per_chunk(tmp_path):
     # Every stripe is a byte of locks/stripes: a fill allocates an inode per
     # chunk file, not another per lock (ext4 without a journal scans its
     # recently deleted inodes at each allocation; cold_fill measures it).
-    chunk = 4 * KiB
-    data = bytes(range(256)) * (64 * chunk // 256)
-    with HTTPOrigin(files={"f.bin": data}) as origin:
-        fs = CacheFileSystem(
-            target_protocol="http",
-            cache_dir=str(tmp_path / "cache"),
-            chunk_size=chunk,
-            skip_instance_cache=True,
-        )
+    with HTTPOrigin(files={"f.bin": DATA}) as origin:
+        fs = _cache(tmp_path)
         try:
-            assert fs.cat_file(origin.url_for("f.bin")) == data
+            assert fs.cat_file(origin.url_for("f.bin")) == DATA
             fs.wait_idle()
             locks = fs.router.disks[0].root / "locks"
             assert sorted(p.name for p in locks.iterdir()) == [STRIPES_FILE]
