@@ -235,6 +235,7 @@ class Fetcher:
         token: str | None = None,
         size: int | None = None,
         on_info: Callable[[dict[str, Any]], None] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Read ``[start, stop)`` of ``path`` in one ranged request.
 
@@ -262,6 +263,8 @@ class Fetcher:
             Called once with the file's info before the first part. Over HTTP
             it comes from the response headers (size from Content-Range, the
             ETag): a file is opened without a separate HEAD round trip.
+        pace
+            Awaited between parts (direct receive): the next waits for it.
 
         Raises
         ------
@@ -277,6 +280,7 @@ class Fetcher:
             encoded body, no usable size.
         """
         read = RangeRead(path, start, stop, piece, on_piece, token, on_info, size)
+        read.pace = pace
         http = _is_http(self.target)
 
         async def once() -> None:
@@ -327,11 +331,10 @@ class Fetcher:
     async def _pread_local(self, read: RangeRead, hi: int) -> None:
         """Read a local file with ``preadv`` into landing buffers.
 
-        ``cat_file`` would build one ``bytes`` of the whole range in an
-        executor thread's malloc arena, which keeps it when freed, and each
-        of up to ``max_requests`` concurrent reads would grow the executor
-        by a thread (and an arena: 64 MiB of address space): a cold pass
-        then failed with ``MemoryError`` under ``ulimit -v``. Here the
+        ``cat_file`` would build one ``bytes`` of the range in an executor
+        thread's malloc arena (kept when freed; up to ``max_requests``
+        threads, 64 MiB of address space each): a cold pass failed with
+        ``MemoryError`` under ``ulimit -v``. Here the
         chunks' own buffers (anonymous maps, returned to the kernel when
         freed) are allocated on the loop and filled by ``preadv``: what the
         page cache holds right there (``RWF_NOWAIT``: a copy, as a socket's
@@ -369,8 +372,7 @@ class Fetcher:
         """Refuse a generic read that returned another length than asked."""
         if got == hi - read.pos:
             return
-        if got < hi - read.pos and not read.learned:
-            # A version known beforehand, and the file now ends earlier.
+        if got < hi - read.pos and not read.learned:  # the known version ends later
             raise StaleVersionError(
                 f"{read.path} changed at the origin: {read.what()} returned "
                 f"{got} bytes, the version being read has {read.size}; "

@@ -404,6 +404,7 @@ class ChunkRouter:
                 token=first.version.token,
                 size=first.version.size,
                 on_piece=arrivals.on_piece,
+                pace=WRITER.room if self.disk is not None else None,
             )
             arrivals.check_complete(first.version.path, first.start, last.stop)
         finally:
@@ -505,6 +506,7 @@ class ChunkRouter:
                     chunk_size,
                     on_info=on_info,
                     on_piece=arrivals.on_piece,
+                    pace=WRITER.room if self.disk is not None else None,
                 )
                 if not learned.done():
                     raise OriginResponseError(

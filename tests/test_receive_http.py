@@ -336,3 +336,35 @@ def test_https_through_the_filesystem(
     fs.wait_idle()
     assert fs.cache_stats()["origin"]["direct"] >= 1
     fs.close()
+
+
+async def test_a_paced_read_holds_the_sender_back_between_pieces() -> None:
+    # pace (the disk writer's room) is awaited between pieces; meanwhile the
+    # connection lands at most one more piece and stops reading, so TCP
+    # holds the origin back instead of more pieces landing in new buffers.
+    data = random.Random(8).randbytes(64 * MiB)
+    with HTTPOrigin({"big.bin": data}) as server:
+        fetcher = Fetcher(http(), retries=0, timeout=60)
+        got: list[tuple[int, bytes]] = []
+        sent_while_held: list[int] = []
+        release = asyncio.Event()
+
+        async def pace() -> None:
+            if len(got) == 1:  # hold after the first piece
+                await asyncio.sleep(1.0)
+                sent_while_held.append(server.stats.bytes_sent)
+                release.set()
+
+        await fetcher.stream(
+            f"{server.url}/big.bin",
+            0,
+            len(data),
+            2 * MiB,
+            on_piece=lambda o, d: got.append((o, bytes(d))),
+            pace=pace,
+        )
+        assert release.is_set()
+        assert b"".join(d for _, d in got) == data
+        # Two pieces landed and the socket buffers' worth: far from 64 MiB.
+        assert sent_while_held[0] < 32 * MiB, sent_while_held
+        await close(fetcher)

@@ -57,6 +57,8 @@ class Connection(asyncio.BufferedProtocol):
         self._filled: deque[memoryview] = deque()
         self._scratch: memoryview | None = None
         self._eof = False
+        self._hold_back = False  # pause once a full piece waits for the caller
+        self._held = False  # reading paused for that
 
     # -- the caller's side --------------------------------------------------
 
@@ -84,6 +86,7 @@ class Connection(asyncio.BufferedProtocol):
         self._state = "head"
         self.received = self._head_len = 0
         self._parsed = None
+        self._held = False
         self.transport.write(data)
         # The last response may have left reading paused: its head pauses
         # it, and a body that came whole with the head never resumes it.
@@ -99,13 +102,18 @@ class Connection(asyncio.BufferedProtocol):
         """The head of the current response, once parsed."""
         return self._parsed
 
-    def receive(self, length: int, skip: int, sizes: Iterable[int]) -> None:
+    def receive(
+        self, length: int, skip: int, sizes: Iterable[int], *, hold_back: bool = False
+    ) -> None:
         """Start landing a body of ``length`` bytes.
 
         The first ``skip`` bytes are dropped; the next land in buffers of
         ``sizes`` (in order), each handed out by :meth:`next_piece` once
         full. Bytes past them are left unread: the connection is then not
-        reused.
+        reused. With ``hold_back``, reading pauses whenever a full piece
+        waits for :meth:`next_piece`, so a caller that takes its time
+        between pieces (waiting for the disk) holds the sender back through
+        TCP instead of having more pieces land in new buffers.
         """
         if self._state != "plan":  # failed meanwhile: next_piece raises
             return
@@ -113,11 +121,12 @@ class Connection(asyncio.BufferedProtocol):
         self._remaining = length
         self._skip = skip
         self._sizes = deque(sizes)
+        self._hold_back = hold_back
         leftover, self._leftover = self._leftover, b""
         self._feed(leftover)
         if self._state == "body" and self._eof:
             self._lost(None)
-        elif self._state == "body" and self.transport is not None:
+        elif self._state == "body" and self.transport is not None and not self._held:
             self.transport.resume_reading()
 
     async def next_piece(self) -> memoryview:
@@ -132,7 +141,18 @@ class Connection(asyncio.BufferedProtocol):
             if self._error is not None:
                 raise self._error
             await self._wait()
-        return self._filled.popleft()
+        piece = self._filled.popleft()
+        if self._held and not self._filled:
+            self._held = False
+            if (
+                self._state == "body"
+                and self.transport is not None
+                and (self._sizes or self._cur is not None or self._skip)
+            ):
+                # More pieces to land for the caller (else the rest of the
+                # body stays unread, as when no piece was held).
+                self.transport.resume_reading()
+        return piece
 
     def close(self) -> None:
         """Close the connection now (any unread bytes are dropped)."""
@@ -238,6 +258,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._filled.append(cur)
                 self._cur = None
                 self._wake()
+                if self._hold_back and self._remaining:
+                    self._hold()
         if not self._remaining:
             self._state = "done"
             self._wake()
@@ -248,6 +270,12 @@ class Connection(asyncio.BufferedProtocol):
             and self.transport is not None
         ):
             # Every piece asked for is in: leave the rest unread.
+            self.transport.pause_reading()
+
+    def _hold(self) -> None:
+        """Pause reading until the caller takes the full piece (hold_back)."""
+        if not self._held and self.transport is not None:
+            self._held = True
             self.transport.pause_reading()
 
     def _fail(self, exc: BaseException) -> None:

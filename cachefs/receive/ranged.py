@@ -119,14 +119,21 @@ async def stream_range(
             pos += n
         length = head.length
         assert length is not None
-        conn.receive(length, read.pos if head.status == 200 else 0, sizes)
-        for n in sizes:
+        conn.receive(
+            length,
+            read.pos if head.status == 200 else 0,
+            sizes,
+            hold_back=read.pace is not None,
+        )
+        for k, n in enumerate(sizes, 1):
             try:
                 view = await conn.next_piece()
             except ShortReadError as exc:
                 raise ShortReadError(f"{exc} of {read.what()}") from exc
             on_bytes(n)
             read.deliver(view)
+            if read.pace is not None and k < len(sizes):
+                await read.pace()
 
 
 async def _check_head(

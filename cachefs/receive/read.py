@@ -10,7 +10,7 @@ whichever client read it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,9 @@ class RangeRead:
     on_info: Callable[[dict[str, Any]], None] | None = None
     size: int | None = None
     learned: bool = False
+    #: Awaited after each part is delivered, before the next is received:
+    #: the pace of whatever takes the parts (the disk writer), or ``None``.
+    pace: Callable[[], Awaitable[None]] | None = None
 
     def seen(self, info: dict[str, Any]) -> None:
         """Check a response's info against the version; note it the first time."""

@@ -129,6 +129,24 @@ class DiskWriter:
             await room
         await job.done
 
+    async def room(self) -> None:
+        """Return once the bytes queued are under :attr:`limit` (a fill's pace).
+
+        A fill that lands chunks faster than the disk takes them waits here
+        before it receives more, rather than landing them in new buffers
+        that wait for the writer.
+        """
+        if self._pid != os.getpid():
+            return  # forked: this process's writer has nothing queued yet
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._pending < self.limit:
+                    return
+                room = loop.create_future()
+                self._rooms.append((loop, room))
+            await room
+
     def _start_locked(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(
