@@ -34,14 +34,14 @@ from cachefs.receive.ranged import DirectGet, Unsupported, stream_range
 from cachefs.receive.read import RangeRead, check_content_range, total_of
 from cachefs.receive.s3 import SignedGets, s3_get
 from cachefs.receive.targets import http_get
+from cachefs.tiers.maps import map_byte_limit
 
 __all__ = ["FetchStats", "Fetcher", "RangeRead"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Local file reads (``preadv``) in flight at once per process, on the
-#: loop's default executor: each thread it grows costs a malloc arena.
+#: Local ``preadv`` reads on the executor at once (a thread costs an arena).
 LOCAL_READS = 2
 _local_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
 _local_slots = weakref.WeakKeyDictionary()
@@ -150,10 +150,12 @@ class Fetcher:
         # asyncio primitives belong to one loop; a forked child has a new one.
         loop = asyncio.get_running_loop()
         if self._limits_loop is not loop:
+            # Under ``ulimit -v``, bytes in flight get a quarter of the room.
+            cap = min(self.max_inflight, max(map_byte_limit(), 16 * 2**20))
             self._limits = (
                 loop,
                 asyncio.Semaphore(self.max_requests),
-                _ByteBudget(self.max_inflight),
+                _ByteBudget(cap),
             )
             self._limits_loop = loop
         return self._limits[1], self._limits[2]
@@ -331,15 +333,11 @@ class Fetcher:
     async def _pread_local(self, read: RangeRead, hi: int) -> None:
         """Read a local file with ``preadv`` into landing buffers.
 
-        ``cat_file`` would build one ``bytes`` of the range in an executor
-        thread's malloc arena (kept when freed; up to ``max_requests``
-        threads, 64 MiB of address space each): a cold pass failed with
-        ``MemoryError`` under ``ulimit -v``. Here the
-        chunks' own buffers (anonymous maps, returned to the kernel when
-        freed) are allocated on the loop and filled by ``preadv``: what the
-        page cache holds right there (``RWF_NOWAIT``: a copy, as a socket's
-        bytes are copied on the loop), the rest on the executor,
-        :data:`LOCAL_READS` at a time. Each buffer becomes its chunk.
+        ``cat_file`` would build one ``bytes`` in an executor thread's malloc
+        arena (64 MiB of address space per thread; a cold pass failed under
+        ``ulimit -v``). The chunks' own anonymous maps are filled by
+        ``preadv``: from the page cache on the loop (``RWF_NOWAIT``), the
+        rest on the executor, :data:`LOCAL_READS` at a time.
         """
         sizes, pos = [], read.pos
         while pos < hi:
@@ -347,6 +345,8 @@ class Fetcher:
             pos += sizes[-1]
         path = self.target._strip_protocol(read.path)
         want = hi - read.pos
+        if read.pace is not None:
+            await read.pace()  # no new buffers while the writer is behind
         async with self._request_slot(want):
             buffers = [landing_buffer(n) for n in sizes]
             got = pread_into(path, read.pos, buffers, nowait=True)
