@@ -346,7 +346,7 @@ class Fetcher:
         path = self.target._strip_protocol(read.path)
         want = hi - read.pos
         if read.pace is not None:
-            await read.pace()  # no new buffers while the writer is behind
+            await self._with_timeout(read.pace())  # no new buffers until it has room
         async with self._request_slot(want):
             buffers = [landing_buffer(n) for n in sizes]
             got = pread_into(path, read.pos, buffers, nowait=True)

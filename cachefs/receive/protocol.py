@@ -257,8 +257,11 @@ class Connection(asyncio.BufferedProtocol):
             if cur is not None and self._got == len(cur):
                 self._filled.append(cur)
                 self._cur = None
+                # A caller already waiting takes the piece at once: pausing
+                # and resuming reading for it would be two wasted calls.
+                waiting = self._waiter is not None and not self._waiter.done()
                 self._wake()
-                if self._hold_back and self._remaining:
+                if self._hold_back and self._remaining and not waiting:
                     self._hold()
         if not self._remaining:
             self._state = "done"
