@@ -4,8 +4,12 @@ Cold reads spend much of their CPU storing chunks: on 2 cores, a writer thread
 competes with the fetches. This scenario measures, per 4 MiB chunk, the CPU
 time of the writing thread and the wall time, for:
 
-- ``DiskTier.put``: what cachefs does (record header and CRC32C, a buffered
-  ``writev`` into ``tmp/``, ``link`` into place, the usage counter);
+- ``DiskTier.put``: what cachefs does with buffered writes (record header
+  and block checks, a buffered ``writev`` into ``tmp/``, ``link`` into
+  place, the usage counter; ``direct_writes=False``);
+- ``DiskTier.put, O_DIRECT``: the same with ``direct_writes=True``, the
+  chunk in page-aligned memory as a landing buffer holds it (format 6
+  records, one ``O_DIRECT`` write each);
 - ``writev``: a plain buffered write of the same bytes (the floor of the
   buffered path);
 - ``O_DIRECT``: the bytes copied into an aligned buffer and written past the
@@ -62,10 +66,15 @@ def _read_back(path: str) -> tuple[float, float]:
 
 
 def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
-    tier = DiskTier(root / "tier", 1 << 40, make_policy("lru"))
+    tier = DiskTier(root / "tier", 1 << 40, make_policy("lru"), direct_writes=False)
+    bypass = DiskTier(
+        root / "tier-direct", 1 << 40, make_policy("lru"), direct_writes=True
+    )
     version = FileVersion("http", "bench/disk_writes", CHUNK * 1_000_000, "t")
     aligned = mmap.mmap(-1, CHUNK)
     aligned[:] = data
+    landed = mmap.mmap(-1, CHUNK)
+    landed[:] = data
     plain = root / "plain"
     plain.mkdir()
 
@@ -73,6 +82,11 @@ def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
         key = ChunkKey(version, CHUNK, i)
         tier.put(key, memoryview(data))
         return str(tier.path_for(key.digest))
+
+    def put_direct(i: int) -> str:
+        key = ChunkKey(version, CHUNK, i)
+        bypass.put(key, memoryview(landed))  # page-aligned, as a landing buffer
+        return str(bypass.path_for(key.digest))
 
     def buffered(i: int, drop: bool = False) -> str:
         path = str(plain / f"b{i}")
@@ -123,6 +137,7 @@ def _writers(root: Path, data: bytes) -> dict[str, Callable[[int], str]]:
 
     return {
         "DiskTier.put": put,
+        "DiskTier.put, O_DIRECT": put_direct,
         "writev": buffered,
         f"write, {PIECE >> 20} MiB pieces": pieces,
         f"writev, {BATCH} chunks per call": batched,

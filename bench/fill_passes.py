@@ -319,7 +319,14 @@ def _prefetch(spec: Spec) -> Callable[[], dict[str, Any]]:
                 total += _readinto_all(f, buf)
         handle.wait(300)
         fs.wait_idle(300)
-        return {"bytes": total, "prefetch_failed": len(handle.failed)}
+        stats = fs.cache_stats()
+        return {
+            "bytes": total,
+            "prefetch_failed": len(handle.failed),
+            "prefetch": stats.get("prefetch", {}),
+            "router": stats.get("router", {}),
+            **_cachefs_counts(fs),
+        }
 
     return run
 

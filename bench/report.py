@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import cachefs
+from cachefs.tiers.direct import filesystem_of
 
 __all__ = [
     "Result",
@@ -317,25 +318,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def filesystem_of(path: str | os.PathLike[str]) -> str:
-    """Return the type of the filesystem holding ``path`` (from /proc/mounts)."""
-    target = os.path.realpath(path)
-    best, kind = "", "unknown"
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1]
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, kind = mount, parts[2]
-    return kind
 
 
 def loadavg() -> list[float] | None:

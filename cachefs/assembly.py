@@ -110,6 +110,8 @@ def build_router(
                 config.make_policy(),
                 codec=config.compression,
                 trust_cache_dir=config.trust_cache_dir,
+                direct_writes=config.direct_writes,
+                node_limit=config.disk_limit,
             )
             for d in config.cache_dirs
         ]

@@ -175,6 +175,10 @@ class CacheConfig:
     trust_cache_dir
         Whether a cache directory another user owns, or others can write, is
         used.
+    direct_writes
+        Whether the disk tier writes chunks with ``O_DIRECT`` (bypassing the
+        page cache); ``None``: decided per directory
+        (:func:`cachefs.tiers.direct.choose`).
     """
 
     #: The keywords :meth:`from_kwargs` takes (those of ``CacheFileSystem``
@@ -199,6 +203,7 @@ class CacheConfig:
             "shared",
             "shared_lease",
             "trust_cache_dir",
+            "direct_writes",
         }
     )
 
@@ -220,6 +225,7 @@ class CacheConfig:
     shared: SharedLocation | None
     shared_lease: float
     trust_cache_dir: bool
+    direct_writes: bool | None = None
 
     @classmethod
     def from_kwargs(
@@ -246,6 +252,7 @@ class CacheConfig:
         shared: str | dict[str, Any] | None = None,
         shared_lease: float | str = 30.0,
         trust_cache_dir: bool | str = False,
+        direct_writes: bool | str | None = "auto",
         labels: Mapping[str, str] | None = None,
     ) -> CacheConfig:
         """Parse and check every setting; the defaults are the keywords'.
@@ -286,6 +293,7 @@ class CacheConfig:
         make_policy(policy)  # checks the name; each tier gets its own instance
         codec = _make_codec(compression, name("compression"))
         trust = parse_flag(trust_cache_dir, name("trust_cache_dir"))
+        direct = _auto_flag(direct_writes, name("direct_writes"))
         requests = parse_count(max_requests, name("max_requests"))
         inflight = parse_size(max_inflight, name("max_inflight"), allow_zero=False)
         ahead = parse_size(readahead, name("readahead"))
@@ -310,6 +318,7 @@ class CacheConfig:
             shared=_shared_location(shared, name("shared")),
             shared_lease=lease,
             trust_cache_dir=trust,
+            direct_writes=direct,
             **sizes,
         )
 
@@ -394,6 +403,16 @@ def _one_dir(text: str, name: str) -> Path:
         )
     # normpath folds "d/", "d/." and "d/../d" to one spelling of d.
     return Path(os.path.normpath(os.path.abspath(expanded)))
+
+
+def _auto_flag(value: Any, name: str) -> bool | None:
+    """Return a flag, or ``None`` for ``"auto"`` (and ``None``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        return parse_flag(value, name)
+    except ValueError:
+        raise ValueError(f"{name} must be 'auto' or a boolean, got {value!r}") from None
 
 
 def _make_codec(compression: Any, name: str) -> Any:

@@ -9,13 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from cachefs import CacheFileSystem
-from cachefs.tiers.record import block_size
+from cachefs.tiers.record import block_size, payload_offset
 
-__all__ = ["BLOCK", "CS", "blob", "warm"]
+__all__ = ["BLOCK", "CS", "blob", "payload_at", "warm"]
 
 MiB = 2**20
 CS = 4 * MiB
 BLOCK = block_size(CS)  # 16 KiB
+
+
+def payload_at(path: Path) -> int:
+    """Return where the payload of the chunk record at ``path`` starts.
+
+    Format 5 records put it right after the header, format 6 (direct
+    writes) at the next 4 KiB boundary.
+    """
+    with open(path, "rb") as f:
+        return payload_offset(f.read(8192))
 
 
 def blob(seed: int, size: int = CS) -> bytes:

@@ -13,8 +13,7 @@ import random
 
 from cachefs import CacheFileSystem
 from cachefs.testing import HTTPOrigin
-from cachefs.tiers.record import record_overhead
-from tests._blocks import BLOCK, CS, blob, warm
+from tests._blocks import BLOCK, CS, blob, payload_at, warm
 
 
 def test_random_reads_ask_the_tier_once_per_chunk_and_verify_each_block_once(
@@ -68,7 +67,7 @@ def test_a_block_damaged_after_the_map_is_not_served_from_hand(tmp_path):
             assert f.read(4096) == data[2 * BLOCK : 2 * BLOCK + 4096]
             # The map is shared: damage in the file shows through it.
             with open(path, "r+b") as raw:
-                raw.seek(record_overhead(CS) + 9 * BLOCK + 3)
+                raw.seek(payload_at(path) + 9 * BLOCK + 3)
                 raw.write(b"\x00\xff")
             origin.reset_stats()
             f.seek(9 * BLOCK)

@@ -23,7 +23,7 @@ from cachefs.policy import make_policy
 from cachefs.testing import HTTPOrigin
 from cachefs.tiers.disk import DiskTier
 from cachefs.tiers.record import CHUNK_HEADER, block_size, record_overhead
-from tests._blocks import BLOCK, CS, blob, warm
+from tests._blocks import BLOCK, CS, blob, payload_at, warm
 
 
 def tier_at(root: Path) -> DiskTier:
@@ -95,7 +95,7 @@ def test_a_damaged_block_is_found_when_read_and_the_chunk_dropped(tmp_path):
     assert tier.put(KEY, data)
     path = tier.path_for(KEY.digest)
     bad = 100
-    flip(path, record_overhead(CS) + bad * BLOCK + 5)
+    flip(path, payload_at(path) + bad * BLOCK + 5)
     fresh = tier_at(tmp_path / "c")
     # Other blocks read fine: the damage is not theirs.
     found = fresh.get_span(KEY, 0, BLOCK)
@@ -135,7 +135,7 @@ def test_a_big_first_read_finds_damage_outside_its_span(tmp_path):
     assert tier.put(KEY, data)
     path = tier.path_for(KEY.digest)
     bad = 200  # in the last quarter
-    flip(path, record_overhead(CS) + bad * BLOCK + 9)
+    flip(path, payload_at(path) + bad * BLOCK + 9)
     fresh = tier_at(tmp_path / "c")
     # The whole payload's CRC32C fails; the block scan names the damaged
     # block and the chunk is dropped, not served in part.
@@ -165,7 +165,7 @@ def test_a_damaged_block_is_fetched_again_through_the_filesystem(tmp_path):
         url = origin.url_for("f.bin")
         opts = warm(tmp_path, url, data)
         (path,) = [p for p in (tmp_path / "c" / "chunks").rglob("*") if _first(p, data)]
-        flip(path, record_overhead(CS) + 7 * BLOCK)
+        flip(path, payload_at(path) + 7 * BLOCK)
         origin.reset_stats()
         fs = CacheFileSystem(**opts)
         with fs.open(url, "rb") as f:
@@ -181,7 +181,7 @@ def _first(path: Path, data: bytes) -> bool:
     if not path.is_file():
         return False
     with open(path, "rb") as f:
-        f.seek(record_overhead(CS))
+        f.seek(payload_at(path))
         return f.read(64) == data[:64]
 
 

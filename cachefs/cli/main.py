@@ -81,6 +81,12 @@ def _common() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="use a cache dir another user owns or others can write",
     )
+    g.add_argument(
+        "--direct-writes",
+        choices=("auto", "on", "off"),
+        help="write chunks with O_DIRECT, bypassing the page cache (default "
+        "auto: when the disk budget is at least this machine's RAM)",
+    )
     g.add_argument("-v", "--verbose", action="count", help="more output; tracebacks")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     return p

@@ -54,6 +54,7 @@ CLI_OPTIONS = {
     "target_options": "--target-options",
     "shared": "--shared",
     "trust_cache_dir": "--trust-cache-dir",
+    "direct_writes": "--direct-writes",
 }
 _NOT_SETTINGS = frozenset({"self", "target_protocol", "fs", "kwargs"})
 
@@ -105,6 +106,8 @@ class Settings:
             kwargs["shared"] = self.values["shared"]
         if self.trust_cache_dir:
             kwargs["trust_cache_dir"] = True
+        if self.config.direct_writes is not None:
+            kwargs["direct_writes"] = self.config.direct_writes
         return kwargs
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import resource
+import secrets
 import shutil
 import stat
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cachefs.policy import DiskEntry
+from cachefs.tiers.direct import write_direct
 from cachefs.tiers.dirs import NOFOLLOW, open_dir
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "open_shard",
     "scan_chunks",
     "write_new",
+    "write_tmp",
 ]
 
 log = logging.getLogger("cachefs.tiers.disk")
@@ -277,6 +280,27 @@ def write_new(dfd: int, name: str, header: bytes, payload: memoryview) -> None:
                 todo[0] = todo[0][written:]
     finally:
         os.close(fd)
+
+
+def write_tmp(
+    dirs: DirCache, digest: str, header: bytes, payload: memoryview, bypass: bool
+) -> str:
+    """Write a record for ``digest`` to a new file in ``tmp/``; its name.
+
+    With ``bypass``, through :func:`cachefs.tiers.direct.write_direct`
+    (``O_DIRECT``; the record is format 6). A ``tmp/`` removed under us is
+    opened again, once.
+    """
+    tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
+    write = write_direct if bypass else write_new
+    for attempt in range(2):
+        try:
+            write(dirs.tmp(), tmp, header, payload)
+            return tmp
+        except FileNotFoundError:
+            if attempt or not dirs.stale("tmp"):
+                raise
+    raise AssertionError("unreachable")
 
 
 def link_chunk(dirs: DirCache, tfd: int, tmp: str, digest: str) -> bool:

@@ -23,7 +23,9 @@ directory and its subdirectories must be the user's own and writable by no
 one else, and chunk files must be the user's; otherwise the
 tier refuses them unless built with ``trust_cache_dir=True``.
 
-The maps a process keeps are bounded (:mod:`cachefs.tiers.maps`).
+The maps a process keeps are bounded (:mod:`cachefs.tiers.maps`). Chunk
+files are written buffered, or with ``O_DIRECT`` where
+:mod:`cachefs.tiers.direct` decides so.
 
 With a numcodecs codec, chunks that compress are stored compressed and the
 codec's JSON config is recorded in the file, so a cache written with one
@@ -37,7 +39,6 @@ import errno
 import hashlib
 import logging
 import os
-import secrets
 import stat
 import threading
 import time
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachefs.chunks import ChunkKey, parse_flag  # parse_flag: re-export
 from cachefs.policy import EvictionPolicy
+from cachefs.tiers import direct
 from cachefs.tiers.base import TierStats
 from cachefs.tiers.chunkfiles import (
     DirCache,
@@ -55,7 +57,7 @@ from cachefs.tiers.chunkfiles import (
     is_chunk_name,
     link_chunk,
     scan_chunks,
-    write_new,
+    write_tmp,
 )
 from cachefs.tiers.dirs import (
     NOFOLLOW,
@@ -90,12 +92,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Evict down to this fraction of the budget, so scans are amortised.
-_LOW_WATERMARK = 0.95
-# A reader refreshes a chunk's mtime (its recency for LRU) at most this often.
-_TOUCH_INTERVAL = 5.0
-# The smallest record (a format 2 header); shorter files are damage.
-_MIN_RECORD = 32
+_LOW_WATERMARK = 0.95  # evict down to this fraction: scans are amortised
+_TOUCH_INTERVAL = 5.0  # seconds between a reader's mtime (LRU recency) refreshes
+_MIN_RECORD = 32  # the smallest record (a format 2 header); shorter is damage
 
 
 class DiskTier:
@@ -118,6 +117,10 @@ class DiskTier:
         Use ``root`` even if another user owns it or others can write it,
         and serve chunk files another user owns. Off by default: such a
         directory is refused with ``PermissionError``.
+    direct_writes, node_limit
+        Write chunks with ``O_DIRECT`` (``True``), buffered (``False``), or
+        as :func:`cachefs.tiers.direct.choose` decides for a node budget of
+        ``node_limit`` (default ``limit``) (``None``).
 
     Attributes
     ----------
@@ -137,6 +140,8 @@ class DiskTier:
         max_maps: int = 1024,
         codec: Any = None,
         trust_cache_dir: bool = False,
+        direct_writes: bool | None = None,
+        node_limit: int | None = None,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.limit = limit
@@ -145,8 +150,7 @@ class DiskTier:
         self.max_maps = max_maps
         self.codec = codec
         self.trust_cache_dir = trust_cache_dir
-        #: Payload bytes readers had verified against their block CRC32Cs.
-        self.verified_bytes = 0
+        self.verified_bytes = 0  # payload bytes readers verified
         self._records = RecordCodec(codec)
         for sub in ("", "chunks", "tmp", "locks"):
             secure_dir(self.root / sub if sub else self.root, trust=trust_cache_dir)
@@ -164,6 +168,14 @@ class DiskTier:
         self._uid = os.geteuid()
         MAPS.holders.add(self)
         clean_tmp(self._tmp)
+        self._direct = direct.Choice(
+            direct_writes, self.root, self._tmp, node_limit or limit
+        )
+
+    @property
+    def direct_writes(self) -> bool:
+        """Whether chunks are written with ``O_DIRECT`` (see ``tiers.direct``)."""
+        return self._direct.on
 
     @property
     def dir_opens(self) -> int:
@@ -427,17 +439,22 @@ class DiskTier:
         stored = [False] * len(items)
         usage = self.usage()
         written: list[tuple[int, str, str, int, int]] = []
+        bypass = self.direct_writes and self.codec is None
         try:
             for i, (key, data) in enumerate(items):
                 view = memoryview(data).cast("B")
-                head, payload = self._records.encode(view, key.digest)
+                aligned = bypass and view.nbytes >= direct.MIN_DIRECT
+                head, payload = self._records.encode(view, key.digest, aligned=aligned)
                 size = len(head) + payload.nbytes
                 if not self.policy.admit(size, usage, self.limit):
                     self.stats.rejected += 1
                     continue
-                tmp = self._write_tmp(key.digest, head, payload)
-                if tmp is not None:
-                    written.append((i, tmp, key.digest, size, view.nbytes))
+                try:
+                    tmp = write_tmp(self._dirs, key.digest, head, payload, aligned)
+                except OSError as exc:
+                    self._refused(exc)
+                    continue
+                written.append((i, tmp, key.digest, size, view.nbytes))
             if written:
                 self._publish(written, stored)
         except OSError as exc:
@@ -447,23 +464,6 @@ class DiskTier:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=self._dirs.tmp())
         return stored
-
-    def _write_tmp(self, digest: str, head: bytes, payload: memoryview) -> str | None:
-        """Write a record to a new file in ``tmp/``; its name, or ``None``."""
-        tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
-        for attempt in range(2):
-            try:
-                write_new(self._dirs.tmp(), tmp, head, payload)
-            except FileNotFoundError as exc:
-                if attempt or not self._dirs.stale("tmp"):
-                    self._refused(exc)
-                    return None
-                continue  # tmp/ was removed under us: open it again
-            except OSError as exc:
-                self._refused(exc)
-                return None
-            return tmp
-        return None
 
     def _refused(self, exc: OSError) -> None:
         """Count and report a write the disk refused."""

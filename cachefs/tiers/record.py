@@ -28,7 +28,11 @@ valid only if its bytes match its check. Only the codecs in
 :data:`ALLOWED_CODECS` are ever built from a record; any other codec id is
 damage too.
 
-Format 4 (the same layout, with CRC32C checks) and format 2 (one CRC32C
+Format 6 is format 5 with zeros after the codec config up to the next
+4 KiB boundary, where the payload starts: what a writer that bypasses the
+page cache writes (``O_DIRECT`` needs the payload's file offset aligned,
+:mod:`cachefs.tiers.direct`); :func:`payload_offset` says where a record's
+payload starts. Format 4 (the same layout, with CRC32C checks) and format 2 (one CRC32C
 over key, header, config and payload, no block table) are still read;
 format 1, format 3 (a block table without the whole payload's check, never
 released) and unknown formats are damage. :func:`record_overhead` says how
@@ -54,6 +58,7 @@ __all__ = [
     "RecordCodec",
     "block_size",
     "codec_config",
+    "payload_offset",
     "record_overhead",
 ]
 
@@ -74,6 +79,10 @@ CHUNK_HEADER = struct.Struct("<4sBBHIQQH2x")
 _WHOLE_HEADER = struct.Struct("<4sBBHIQQ4x")
 _MAGIC = b"CFSC"
 _FORMAT = 5
+#: Format 5 with the payload starting at the next 4 KiB boundary (the bytes
+#: between are zeros, and ignored): written where the writer bypasses the
+#: page cache (``O_DIRECT`` needs the payload's file offset aligned).
+_FORMAT_ALIGNED = 6
 _FORMAT_CRC_BLOCKS = 4  # still read: the same layout, CRC32C checks
 _FORMAT_WHOLE = 2  # still read, verified whole; 1 (no key binding) is damage
 _CODEC_NONE = 0
@@ -93,7 +102,11 @@ def xxh3_check(data: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF
 
 
-_CHECKS: dict[int, Any] = {_FORMAT: xxh3_check, _FORMAT_CRC_BLOCKS: crc32c.crc32c}
+_CHECKS: dict[int, Any] = {
+    _FORMAT: xxh3_check,
+    _FORMAT_ALIGNED: xxh3_check,
+    _FORMAT_CRC_BLOCKS: crc32c.crc32c,
+}
 
 
 def block_size(stored: int) -> int:
@@ -106,9 +119,25 @@ def block_size(stored: int) -> int:
     return max(_PAGE, -(-per // _PAGE) * _PAGE)
 
 
-def record_overhead(stored: int) -> int:
-    """Return the bytes a raw record adds to a payload of ``stored`` bytes."""
-    return CHUNK_HEADER.size + 4 * (-(-stored // block_size(stored)) + 1)
+def record_overhead(stored: int, *, aligned: bool = False) -> int:
+    """Return the bytes a raw record adds to a payload of ``stored`` bytes.
+
+    With ``aligned`` (format 6), the header padded to the next 4 KiB.
+    """
+    head = CHUNK_HEADER.size + 4 * (-(-stored // block_size(stored)) + 1)
+    return -(-head // _PAGE) * _PAGE if aligned else head
+
+
+def payload_offset(head: bytes | memoryview) -> int:
+    """Return where the payload starts in a record beginning with ``head``.
+
+    ``head`` holds at least the header (:data:`CHUNK_HEADER`); for a
+    format it does not know, the offset a format 5 record would have.
+    """
+    fields = CHUNK_HEADER.unpack_from(head)
+    fmt, conf_len, stored = int(fields[1]), int(fields[3]), int(fields[6])
+    at = record_overhead(stored) + conf_len
+    return at + -at % _PAGE if fmt == _FORMAT_ALIGNED else at
 
 
 class BlockCheck:
@@ -335,8 +364,15 @@ class RecordCodec:
                     f"use one of {', '.join(sorted(ALLOWED_CODECS))}"
                 )
 
-    def encode(self, data: memoryview, digest: str) -> tuple[bytes, memoryview]:
-        """Return ``(header + config, payload)`` for chunk ``digest``'s ``data``."""
+    def encode(
+        self, data: memoryview, digest: str, *, aligned: bool = False
+    ) -> tuple[bytes, memoryview]:
+        """Return ``(header + config, payload)`` for chunk ``digest``'s ``data``.
+
+        With ``aligned``, the record is format 6: the header is padded with
+        zeros to a multiple of 4 KiB, so the payload starts page-aligned in
+        the file (what an ``O_DIRECT`` write of it needs).
+        """
         payload, config, codec_id = data, b"", _CODEC_NONE
         if self.codec is not None:
             encoded = memoryview(self.codec.encode(data)).cast("B")
@@ -350,7 +386,7 @@ class RecordCodec:
         table = struct.pack(f"<{len(crcs)}I", *crcs)
         fields = [
             _MAGIC,
-            _FORMAT,
+            _FORMAT_ALIGNED if aligned else _FORMAT,
             codec_id,
             len(config),
             0,
@@ -359,7 +395,10 @@ class RecordCodec:
             size // _PAGE,
         ]
         fields[4] = _header_crc(digest, CHUNK_HEADER.pack(*fields) + table, config)
-        return CHUNK_HEADER.pack(*fields) + table + config, payload
+        head = CHUNK_HEADER.pack(*fields) + table + config
+        if aligned:
+            head += bytes(-len(head) % _PAGE)
+        return head, payload
 
     @staticmethod
     def check(
@@ -396,7 +435,11 @@ class RecordCodec:
             return None, f"has blocks of {size} bytes, not {block_size(stored)}"
         start = CHUNK_HEADER.size + 4 * (-(-stored // size) + 1)
         table = buffer[CHUNK_HEADER.size : start]
-        config, payload = buffer[start : start + conf_len], buffer[start + conf_len :]
+        config = buffer[start : start + conf_len]
+        at = start + conf_len
+        if fmt == _FORMAT_ALIGNED:  # zeros up to the next page, then the payload
+            at += -at % _PAGE
+        payload = buffer[at:]
         if stored != payload.nbytes:
             return None, f"holds {payload.nbytes} payload bytes, its header {stored}"
         zeroed = CHUNK_HEADER.pack(*fields[:4], 0, *fields[5:])
