@@ -157,3 +157,46 @@ def test_a_big_chunk_is_stored_while_the_rest_of_its_read_streams(tmp_path):
     assert sent_when_landed is not None and sent_when_landed < len(data), (
         sent_when_landed
     )
+
+
+def test_stores_waiting_for_room_hold_back_the_fills_pace(tmp_path):
+    # A fill receives only while the writer has room (DiskWriter.room). A
+    # store that waits for room holds its landed chunk's buffer as surely
+    # as a queued one: with the queue at its bound and one store waiting,
+    # room() must not let a fill land more. (Before, it counted only the
+    # queue: a queue one chunk under the bound let every connection land
+    # another chunk while stores already waited.)
+    tier = HeldTier(tmp_path / "disk", 2**30, make_policy("lru"))
+    keys = _keys(4)
+    size = keys[0].length
+    writer = DiskWriter(limit=2 * size + 1)
+    payloads = {k: memoryview(bytes([k.index + 1]) * k.length) for k in keys}
+
+    async def main() -> None:
+        first = asyncio.ensure_future(
+            writer.store(tier, [(keys[0], payloads[keys[0]])])
+        )
+        assert await asyncio.to_thread(tier.entered.wait, 30)
+        # The first write holds the thread; one more chunk fits the bound,
+        second = asyncio.ensure_future(
+            writer.store(tier, [(keys[1], payloads[keys[1]])])
+        )
+        await asyncio.sleep(0)
+        assert writer.pending == 2 * size
+        # leaving room for less than a chunk: a third store must wait, and so
+        # must a fill's pace (the queue alone is under the bound).
+        third = asyncio.ensure_future(
+            writer.store(tier, [(keys[2], payloads[keys[2]])])
+        )
+        await asyncio.sleep(0)
+        assert writer.stats.waits == 1
+        pace = asyncio.ensure_future(writer.room())
+        await asyncio.sleep(0.05)
+        assert not pace.done()
+        tier.release.set()
+        await asyncio.wait_for(asyncio.gather(first, second, third, pace), 30)
+
+    asyncio.run(main())
+    for key in keys[:3]:
+        view = tier.get(key)
+        assert view is not None and bytes(view) == bytes(payloads[key])

@@ -221,3 +221,18 @@ async def test_a_reservation_wakes_when_a_staged_chunk_reaches_disk() -> None:
     on_disk.add(key(0))  # its disk write ended, which signals nothing
     await asyncio.wait_for(waiter, 5)  # polled: well within the hold
     assert staging.stats.spilled == 1 and key(0) not in staging
+
+
+def test_the_newest_staged_chunk_on_disk_is_dropped_first() -> None:
+    # A reader streams behind its prefetch: the oldest staged chunk is the
+    # one it reads next. Dropped, it would be read back from the disk tier
+    # (from the device, where the tier writes past the page cache); the
+    # newest is read last.
+    on_disk = {key(0), key(1), key(2)}
+    staging = Staging(limit=3 * CHUNK, hold=60.0, elsewhere=on_disk.__contains__)
+    for i in (0, 1, 2):
+        assert staging.try_reserve(CHUNK)
+        staging.put(key(i), chunk(i))
+    assert staging.try_reserve(CHUNK)
+    assert key(0) in staging and key(1) in staging and key(2) not in staging
+    assert staging.stats.spilled == 1

@@ -6,8 +6,8 @@ about to be consumed and a long prefetch list streams through instead of
 flooding RAM. A staged chunk moves to the RAM tier when it is read.
 
 When the budget is needed, a staged chunk that the disk tier also holds
-(``elsewhere``) is dropped at once: its reader reads it there, so dropping
-it costs nothing (counted as ``spilled``). A chunk that exists nowhere else
+(``elsewhere``) is dropped at once, newest first: its reader reads it
+there (counted as ``spilled``). A chunk that exists nowhere else
 waits up to ``hold`` seconds for its reader before it is dropped (counted as
 ``wasted``): only such chunks can make a prefetch with nobody reading wait.
 
@@ -249,9 +249,13 @@ class Staging:
         elsewhere = self.elsewhere
         if elsewhere is None or self._fits(nbytes):
             return
-        # Oldest first, as many as it takes: a chunk on disk costs nothing
-        # to drop (its reader maps it there), so no hold applies to it.
-        for key in list(self._entries):
+        # Newest first, as many as it takes: a chunk on disk is dropped with
+        # no hold (its reader maps it there), and the newest is the one its
+        # reader reaches last, by when the disk read it now costs (from the
+        # device, where the tier writes past the page cache) is further off.
+        # Oldest first, a reader streaming behind its prefetch met every
+        # dropped chunk next and read it back from the disk tier.
+        for key in reversed(list(self._entries)):
             try:
                 held = elsewhere(key)
             except OSError:  # unknown: keep it for its reader

@@ -92,6 +92,7 @@ class DiskWriter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Job] = []
         self._pending = 0
+        self._waiting = 0  # bytes of stores waiting for room
         self._thread: threading.Thread | None = None
         self._rooms: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._pid = os.getpid()
@@ -112,21 +113,32 @@ class DiskWriter:
         loop = asyncio.get_running_loop()
         nbytes = sum(view.nbytes for _, view in items)
         waited = False
-        while True:
-            with self._cond:
-                if self._pending == 0 or self._pending + nbytes <= self.limit:
-                    job = _Job(disk, items, nbytes, loop, loop.create_future())
-                    self._queue.append(job)
-                    self._pending += nbytes
-                    self._start_locked()
-                    self._cond.notify()
-                    break
-                room = loop.create_future()
-                self._rooms.append((loop, room))
-            if not waited:
-                waited = True
-                self.stats.waits += 1
-            await room
+        try:
+            while True:
+                with self._cond:
+                    if self._pending == 0 or self._pending + nbytes <= self.limit:
+                        job = _Job(disk, items, nbytes, loop, loop.create_future())
+                        self._queue.append(job)
+                        self._pending += nbytes
+                        if waited:
+                            self._waiting -= nbytes
+                            waited = False
+                        self._start_locked()
+                        self._cond.notify()
+                        break
+                    room = loop.create_future()
+                    self._rooms.append((loop, room))
+                    if not waited:
+                        # Counted against the room fills pace themselves by:
+                        # landed chunks waiting here hold their buffers too.
+                        waited = True
+                        self._waiting += nbytes
+                        self.stats.waits += 1
+                await room
+        finally:
+            if waited:  # cancelled while waiting
+                with self._cond:
+                    self._waiting -= nbytes
         await job.done
 
     async def room(self) -> None:
@@ -134,14 +146,15 @@ class DiskWriter:
 
         A fill that lands chunks faster than the disk takes them waits here
         before it receives more, rather than landing them in new buffers
-        that wait for the writer.
+        that wait for the writer. Stores already waiting for room count
+        as queued: their chunks' buffers are held all the same.
         """
         if self._pid != os.getpid():
             return  # forked: this process's writer has nothing queued yet
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
-                if self._pending < self.limit:
+                if self._pending + self._waiting < self.limit:
                     return
                 room = loop.create_future()
                 self._rooms.append((loop, room))
