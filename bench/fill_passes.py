@@ -342,6 +342,7 @@ def _cli_warm(spec: Spec) -> Callable[[], dict[str, Any]]:
 
     def run() -> dict[str, Any]:
         argv = ["warm", *spec["urls"], "--cache-dir", spec["cache_dir"], "-j", "16"]
+        argv += spec.get("cli_args", [])
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             status = cachefs_main([*argv, "--json"])

@@ -209,8 +209,8 @@ class CacheFileSystem(
         a sixth of a buffered write's CPU, but the next read of a chunk comes
         from the device, not memory (docs/architecture.md, "Direct
         writes"). ``"auto"`` (the default) writes this way when
-        ``disk_limit`` is at least the machine's RAM, so the cache holds
-        more than the page cache could keep for a next read, and not on
+        ``disk_limit`` is at least twice the machine's RAM, so most of what
+        the cache holds cannot be in the page cache for a next read, and not on
         memory filesystems; a filesystem that refuses the flag is written
         buffered whatever is asked.
     **kwargs

@@ -113,14 +113,14 @@ def test_auto_decides_by_budget_and_filesystem(tmp_path):
     tmp.mkdir()
     if not direct.probe(tmp):
         pytest.skip(f"the filesystem of {tmp_path} refuses O_DIRECT")
-    assert direct.choose(None, tmp_path, tmp, RAM) is True
-    assert direct.choose(None, tmp_path, tmp, RAM // 2) is False
+    assert direct.choose(None, tmp_path, tmp, direct.AUTO_RAM_FACTOR * RAM) is True
+    assert direct.choose(None, tmp_path, tmp, RAM) is False
     assert direct.choose(True, tmp_path, tmp, 1) is True  # asked for
-    assert direct.choose(False, tmp_path, tmp, 2 * RAM) is False
+    assert direct.choose(False, tmp_path, tmp, 4 * RAM) is False
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         # tmpfs: the page cache is the storage; auto never bypasses it.
-        assert direct.choose(None, shm, shm, 2 * RAM) is False
+        assert direct.choose(None, shm, shm, 4 * RAM) is False
     assert os.listdir(tmp) == []  # the probe leaves nothing behind
 
 

@@ -85,7 +85,7 @@ def _common() -> argparse.ArgumentParser:
         "--direct-writes",
         choices=("auto", "on", "off"),
         help="write chunks with O_DIRECT, bypassing the page cache (default "
-        "auto: when the disk budget is at least this machine's RAM)",
+        "auto: when the disk budget is at least twice this machine's RAM)",
     )
     g.add_argument("-v", "--verbose", action="count", help="more output; tracebacks")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")

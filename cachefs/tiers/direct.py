@@ -31,6 +31,7 @@ from cachefs.tiers.dirs import NOFOLLOW
 
 __all__ = [
     "ALIGN",
+    "AUTO_RAM_FACTOR",
     "MIN_DIRECT",
     "Choice",
     "choose",
@@ -45,6 +46,13 @@ ALIGN = 4096
 #: Payloads smaller than this are written buffered: the saving is per byte,
 #: and a record's padding to 4 KiB costs more than it saves on small chunks.
 MIN_DIRECT = 256 * 1024
+#: ``direct_writes="auto"`` bypasses the page cache for a disk budget of at
+#: least this many times the machine's RAM. At 1x, the default 32 GiB budget
+#: on a 24 GiB machine wrote past the page cache, and the bench's warm
+#: scenarios read their first pass from the device: a new process reading a
+#: warm cache fell from 0.36x to 0.15x a local file's ``readinto`` speed
+#: (docs/architecture.md, "Direct writes").
+AUTO_RAM_FACTOR = 2
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW
 #: Filesystems whose pages are the storage: nothing to bypass.
@@ -140,15 +148,16 @@ def choose(setting: bool | None, root: Path, tmp: Path, limit: int) -> bool:
     -------
     bool
         ``False`` where the filesystem refuses the flag, whatever was asked.
-        Left to decide: ``True`` when the budget is at least this machine's
-        RAM, so that most of what the tier holds cannot stay in the page
-        cache until it is read again; ``False`` for a smaller cache, whose
-        next epoch is read from memory, and on memory filesystems.
+        Left to decide: ``True`` when the budget is at least
+        :data:`AUTO_RAM_FACTOR` times this machine's RAM, so that most of
+        what the tier holds cannot stay in the page cache until it is read
+        again; ``False`` for a smaller cache, whose next epoch a buffered
+        write lets read from memory, and on memory filesystems.
     """
     if setting is False:
         return False
     if setting is None and (
-        limit < _memory_total() or filesystem_of(root) in _MEMORY_FS
+        limit < AUTO_RAM_FACTOR * _memory_total() or filesystem_of(root) in _MEMORY_FS
     ):
         return False
     return probe(tmp)
