@@ -165,3 +165,30 @@ def test_direct_writes_setting_parses(value, expected):
 def test_a_bad_direct_writes_value_names_the_parameter():
     with pytest.raises(ValueError, match="direct_writes must be 'auto' or a boolean"):
         CacheConfig.from_kwargs(direct_writes="sometimes")
+
+
+@pytest.mark.parametrize(("flag", "formats"), [("on", [6, 6]), ("off", [5, 5])])
+def test_the_warm_command_takes_direct_writes(tmp_path, env, flag, formats):
+    from tests.test_cli import run
+
+    files = {"a.bin": blob(7, CS), "b.bin": blob(8, CS)}
+    with HTTPOrigin(files=files) as origin:
+        cache = tmp_path / "c"
+        args = ["--cache-dir", str(cache), "--direct-writes", flag, "-q"]
+        proc = run(env, "warm", origin.url_for("a.bin"), origin.url_for("b.bin"), *args)
+        assert proc.returncode == 0, proc.stderr
+    records = sorted(p for p in (cache / "chunks").rglob("*") if p.is_file())
+    if flag == "on" and not direct.probe(cache / "tmp"):
+        pytest.skip(f"the filesystem of {cache} refuses O_DIRECT")
+    assert sorted(record_format(p) for p in records) == formats
+    # Either way each record holds its file's bytes where its format says.
+    assert len(records) == 2
+    payloads = sorted(path.read_bytes()[payload_at(path) :] for path in records)
+    assert payloads == sorted(files.values())
+
+
+def test_a_bad_direct_writes_option_is_one_line(tmp_path, env):
+    from tests.test_cli import one_error_line, run
+
+    proc = run(env, "stats", "--cache-dir", str(tmp_path / "c"), "--direct-writes", "x")
+    assert "--direct-writes" in one_error_line(proc)
