@@ -205,10 +205,10 @@ class CacheFileSystem(
         the fix (``chmod 700`` or ``chown``), because records planted there
         would be served as the origin's bytes.
     direct_writes
-        Write disk chunks with ``O_DIRECT``, bypassing the page cache: about
-        a sixth of a buffered write's CPU, but the next read of a chunk comes
-        from the device, not memory (docs/architecture.md, "Direct
-        writes"). ``"auto"`` (the default) writes this way when
+        Write disk chunks with ``O_DIRECT``, bypassing the page cache: a
+        half to a tenth of a buffered write's CPU, but the next read of a
+        chunk comes from the device, not memory (docs/architecture.md,
+        "Direct writes"). ``"auto"`` (the default) writes this way when
         ``disk_limit`` is at least twice the machine's RAM, so most of what
         the cache holds cannot be in the page cache for a next read, and not on
         memory filesystems; a filesystem that refuses the flag is written

@@ -2,8 +2,8 @@
 
 A buffered write of a 4 MiB chunk costs its writer the kernel's copy into
 freshly allocated page-cache pages; written with ``O_DIRECT``, the device
-takes the bytes from the landing buffer itself, at a sixth of the CPU
-(docs/architecture.md, "Direct writes"). The price is the next read of the
+takes the bytes from the landing buffer itself, at a half to a tenth of
+the CPU (docs/architecture.md, "Direct writes"). The price is the next read of the
 chunk, which comes from the device instead of memory, so the disk tier
 writes this way only where its chunks would mostly leave the page cache
 before a next read anyway (:func:`choose`).
