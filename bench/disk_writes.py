@@ -18,7 +18,11 @@ time of the writing thread and the wall time, for:
 - batch size: the same bytes written in 1 MiB pieces as they arrive, and
   four chunks in one ``writev`` (per-chunk cost of bigger batches).
 
-and, for each, the cost of reading the chunks back with ``mmap`` and a
+and (:mod:`bench.landing`) where a chunk received from a socket should
+land on its way to its file: a reused buffer then a buffered or ``O_DIRECT``
+write, or the file's own ``MAP_SHARED`` mapping;
+
+and, for each way of writing, the cost of reading the chunks back with ``mmap`` and a
 checksum once a repeat's chunks are written and synced (what the next epoch
 pays): writes that skip or drop the page cache make that read go to the
 device. The details give the fill's CPU in s/GiB, its MB/s until the bytes
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import crc32c
 
+from bench.landing import run_landing
 from bench.report import Row
 from cachefs.chunks import ChunkKey, FileVersion
 from cachefs.policy import make_policy
@@ -231,4 +236,5 @@ def run(quick: bool, args: argparse.Namespace | None = None) -> list[Row]:
                 detail={"unavailable": why},
             )
         )
+    rows += run_landing(quick)
     return rows
