@@ -119,13 +119,21 @@ def block_size(stored: int) -> int:
     return max(_PAGE, -(-per // _PAGE) * _PAGE)
 
 
+def _payload_at(fmt: int, config_end: int) -> int:
+    """Where a record's payload starts, its codec config ending at ``config_end``.
+
+    Right there, or in format 6 at the next 4 KiB boundary (zeros between).
+    """
+    return config_end + -config_end % _PAGE if fmt == _FORMAT_ALIGNED else config_end
+
+
 def record_overhead(stored: int, *, aligned: bool = False) -> int:
     """Return the bytes a raw record adds to a payload of ``stored`` bytes.
 
     With ``aligned`` (format 6), the header padded to the next 4 KiB.
     """
     head = CHUNK_HEADER.size + 4 * (-(-stored // block_size(stored)) + 1)
-    return -(-head // _PAGE) * _PAGE if aligned else head
+    return _payload_at(_FORMAT_ALIGNED if aligned else _FORMAT, head)
 
 
 def payload_offset(head: bytes | memoryview) -> int:
@@ -136,8 +144,7 @@ def payload_offset(head: bytes | memoryview) -> int:
     """
     fields = CHUNK_HEADER.unpack_from(head)
     fmt, conf_len, stored = int(fields[1]), int(fields[3]), int(fields[6])
-    at = record_overhead(stored) + conf_len
-    return at + -at % _PAGE if fmt == _FORMAT_ALIGNED else at
+    return _payload_at(fmt, record_overhead(stored) + conf_len)
 
 
 class BlockCheck:
@@ -384,9 +391,10 @@ class RecordCodec:
         ]
         crcs.append(xxh3_check(payload))
         table = struct.pack(f"<{len(crcs)}I", *crcs)
+        fmt = _FORMAT_ALIGNED if aligned else _FORMAT
         fields = [
             _MAGIC,
-            _FORMAT_ALIGNED if aligned else _FORMAT,
+            fmt,
             codec_id,
             len(config),
             0,
@@ -396,8 +404,7 @@ class RecordCodec:
         ]
         fields[4] = _header_crc(digest, CHUNK_HEADER.pack(*fields) + table, config)
         head = CHUNK_HEADER.pack(*fields) + table + config
-        if aligned:
-            head += bytes(-len(head) % _PAGE)
+        head += bytes(_payload_at(fmt, len(head)) - len(head))
         return head, payload
 
     @staticmethod
@@ -436,10 +443,7 @@ class RecordCodec:
         start = CHUNK_HEADER.size + 4 * (-(-stored // size) + 1)
         table = buffer[CHUNK_HEADER.size : start]
         config = buffer[start : start + conf_len]
-        at = start + conf_len
-        if fmt == _FORMAT_ALIGNED:  # zeros up to the next page, then the payload
-            at += -at % _PAGE
-        payload = buffer[at:]
+        payload = buffer[_payload_at(fmt, start + conf_len) :]
         if stored != payload.nbytes:
             return None, f"holds {payload.nbytes} payload bytes, its header {stored}"
         zeroed = CHUNK_HEADER.pack(*fields[:4], 0, *fields[5:])

@@ -92,9 +92,13 @@ class DiskWriter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Job] = []
         self._pending = 0
-        self._waiting = 0  # bytes of stores waiting for room
         self._thread: threading.Thread | None = None
-        self._rooms: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Who waits for room: a loop, its future, and the bytes of a store
+        # waiting to be queued (0 for a fill's pace). Every batch wakes and
+        # forgets them all; those still short of room register again.
+        self._rooms: list[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]
+        ] = []
         self._pid = os.getpid()
 
     @property
@@ -113,32 +117,23 @@ class DiskWriter:
         loop = asyncio.get_running_loop()
         nbytes = sum(view.nbytes for _, view in items)
         waited = False
-        try:
-            while True:
-                with self._cond:
-                    if self._pending == 0 or self._pending + nbytes <= self.limit:
-                        job = _Job(disk, items, nbytes, loop, loop.create_future())
-                        self._queue.append(job)
-                        self._pending += nbytes
-                        if waited:
-                            self._waiting -= nbytes
-                            waited = False
-                        self._start_locked()
-                        self._cond.notify()
-                        break
-                    room = loop.create_future()
-                    self._rooms.append((loop, room))
-                    if not waited:
-                        # Counted against the room fills pace themselves by:
-                        # landed chunks waiting here hold their buffers too.
-                        waited = True
-                        self._waiting += nbytes
-                        self.stats.waits += 1
-                await room
-        finally:
-            if waited:  # cancelled while waiting
-                with self._cond:
-                    self._waiting -= nbytes
+        while True:
+            with self._cond:
+                if self._pending == 0 or self._pending + nbytes <= self.limit:
+                    job = _Job(disk, items, nbytes, loop, loop.create_future())
+                    self._queue.append(job)
+                    self._pending += nbytes
+                    self._start_locked()
+                    self._cond.notify()
+                    break
+                room = loop.create_future()
+                # Its bytes count against the room fills pace themselves by
+                # (room()): landed chunks waiting here hold their buffers too.
+                self._rooms.append((loop, room, nbytes))
+            if not waited:
+                waited = True
+                self.stats.waits += 1
+            await room
         await job.done
 
     async def room(self) -> None:
@@ -154,10 +149,11 @@ class DiskWriter:
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
-                if self._pending + self._waiting < self.limit:
+                waiting = sum(nbytes for _, _, nbytes in self._rooms)
+                if self._pending + waiting < self.limit:
                     return
                 room = loop.create_future()
-                self._rooms.append((loop, room))
+                self._rooms.append((loop, room, 0))
             await room
 
     def _start_locked(self) -> None:
@@ -184,7 +180,7 @@ class DiskWriter:
             loops: dict[asyncio.AbstractEventLoop, list[Any]] = {}
             for job in jobs:
                 loops.setdefault(job.loop, []).append(job)
-            for loop, room in rooms:
+            for loop, room, _ in rooms:
                 loops.setdefault(loop, []).append(room)
             for loop, done in loops.items():
                 # One wake-up of each loop for the whole batch.
