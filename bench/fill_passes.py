@@ -4,7 +4,8 @@
 times one pass and prints one JSON line: ``seconds``, ``bytes`` landed and
 ``cpu_s``, the user + system seconds of this process (every thread) plus
 those of its reaped children (DataLoader workers) between the start and the
-end of the pass, from :func:`resource.getrusage`. Start-up and imports are
+end of the pass, from :func:`resource.getrusage`, and
+``context_switches``, those of its threads alive at the end. Start-up and imports are
 outside the pass, for every system alike; the parent also records the whole
 process's CPU from ``os.wait4``.
 
@@ -61,6 +62,24 @@ def _thread_cpu() -> dict[str, float]:
         name = t.name.split(" (")[0]
         out[name] = round(out.get(name, 0.0) + cpu, 3)
     return out
+
+
+def _switches() -> int:
+    """Context switches of this process so far, every thread (Linux)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:  # voluntary and not
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _ranges(spec: Spec) -> list[tuple[str, int, int]]:
@@ -441,6 +460,21 @@ PASSES: dict[str, Callable[[Spec], Callable[[], dict[str, Any]]]] = {
 }
 
 
+def _await_start(fds: list[int] | None) -> None:
+    """Say the imports are done, then wait for the parent's go (if asked).
+
+    The parent frees its memory ballast in between, so every pass starts
+    from the same memory state (``bench.cold_fill._Ballast``).
+    """
+    if not fds:
+        return
+    ready, go = fds
+    os.write(ready, b"r")
+    os.close(ready)
+    os.read(go, 1)
+    os.close(go)
+
+
 def main(argv: list[str]) -> int:
     """Run one pass (see the module docstring); print its JSON line."""
     if len(argv) != 1:
@@ -448,10 +482,14 @@ def main(argv: list[str]) -> int:
         return 2
     spec = json.loads(argv[0])
     run = PASSES[spec["kind"]](spec)
+    _await_start(spec.get("start_fds"))
     before = _thread_cpu()
+    s0 = _switches()
     c0, t0 = _cpu(), time.perf_counter()
     result = run()
     seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    # Threads that ended during the pass are not counted (live ones are).
+    result["context_switches"] = _switches() - s0
     # Where the pass's CPU went, per live thread (threads started by the
     # pass count from their start): what the causes of unmet targets cite.
     threads = {

@@ -279,11 +279,43 @@ def test_cold_fill_tiny_run(
             assert row["reference"] == "zero-copy receive + write/chunk", row
             assert row["detail"]["dataset_bytes"] >= 15 * 2**20
             assert row["detail"]["cache_filesystem"] != "unknown"
+            # Each pass started with the same memory just freed.
+            assert row["detail"]["freed_at_pass_start_bytes"] >= 4 * 15 * 2**20
         for system in ("cachefs, fsspec.open per file", "cachefs, fs.prefetch"):
             assert by[system]["target"] is not None
             assert isinstance(by[system]["met"], bool)
     # Every scratch and cache directory is removed afterwards.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_cold_fill_targets_a_loader_epochs_fill_not_its_loader_work() -> None:
+    # The cold epoch's CPU less the warm epoch's, per repetition, carries
+    # the CPU target; the whole epoch keeps its MB/s target and its CPU
+    # ratio, untargeted.
+    from bench import cold_fill as cf
+
+    gib = 2**30
+
+    def passes(cpu_per_gib: list[float], seconds: float) -> list[dict[str, float]]:
+        return [{"bytes": gib, "seconds": seconds, "cpu_s": c} for c in cpu_per_gib]
+
+    runs = {
+        cf.REFERENCE: passes([1.0, 1.0, 1.0], 1.0),
+        cf.CFS_LOADER: passes([2.0, 3.0, 2.2], 1.0),
+        cf.CFS_LOADER_WARM: passes([0.9, 1.9, 1.0], 0.5),
+    }
+    rows = cf._rows(
+        "1 nginx", runs, {}, gib, cf.REFERENCE, {}, cf.FILL_PATHS, cf.CPU_PATHS
+    )
+    by = {(r.row, r.system): r for r in rows}
+    fill = by[("1 nginx: CPU s/GiB", cf.LOADER_FILLS[cf.CFS_LOADER])]
+    assert fill.samples == pytest.approx([1.1, 1.1, 1.2])
+    assert fill.value == pytest.approx(1.1) and fill.target is not None
+    assert fill.met is True  # 1.1 <= 1.3 x the reference's 1.0
+    whole = by[("1 nginx: CPU s/GiB", cf.CFS_LOADER)]
+    assert whole.value == pytest.approx(2.2) and whole.target is None
+    assert whole.ratio == pytest.approx(1 / 2.2)
+    assert by[("1 nginx: MB/s", cf.CFS_LOADER)].target is not None
 
 
 def test_zero_copy_reference_lands_every_byte(tmp_path: Path) -> None:
