@@ -62,6 +62,7 @@ import importlib.util
 import json
 import mmap
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -221,11 +222,20 @@ def _wait(proc: subprocess.Popen[str], timeout: float) -> tuple[int, float]:
         time.sleep(0.01)
 
 
-def _start_when_ready(proc: subprocess.Popen[str], ready: int, go: int) -> None:
-    """Wait for the child's imports, free the ballast, let it start."""
+def _start_when_ready(
+    proc: subprocess.Popen[str], ready: int, go: int, timeout: float
+) -> None:
+    """Wait for the child's imports, free the ballast, let it start.
+
+    A child not ready within ``timeout`` seconds is killed (the caller's
+    reaping then reports the failed pass).
+    """
     got = b""
-    with contextlib.suppress(OSError):
-        got = os.read(ready, 1)  # empty: the child died before it was ready
+    if select.select([ready], [], [], timeout)[0]:
+        with contextlib.suppress(OSError):
+            got = os.read(ready, 1)  # empty: the child died before it was ready
+    else:
+        proc.kill()
     BALLAST.release()
     if got:
         with contextlib.suppress(OSError):  # BrokenPipe: it died meanwhile
@@ -256,7 +266,7 @@ def _child(spec: dict[str, Any], timeout: float = 600.0) -> Result:
             os.close(ready_w)
             os.close(go_r)
         try:
-            _start_when_ready(proc, ready_r, go_w)
+            _start_when_ready(proc, ready_r, go_w, timeout)
         finally:
             os.close(ready_r)
             os.close(go_w)

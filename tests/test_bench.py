@@ -318,6 +318,32 @@ def test_cold_fill_targets_a_loader_epochs_fill_not_its_loader_work() -> None:
     assert by[("1 nginx: MB/s", cf.CFS_LOADER)].target is not None
 
 
+def test_cold_fill_kills_a_pass_that_never_says_it_is_ready() -> None:
+    # The wait for a child's imports is bounded: one that never signals is
+    # killed (its reaping then fails the pass), and the ballast is freed.
+    import os
+    import subprocess
+    import sys
+
+    from bench import cold_fill as cf
+
+    ready_r, ready_w = os.pipe()  # ready_w stays open: no EOF, no signal
+    go_r, go_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    cf.BALLAST.nbytes = 2**20
+    cf.BALLAST.hold()
+    try:
+        cf._start_when_ready(proc, ready_r, go_w, 0.2)
+        assert proc.wait(timeout=30) != 0  # killed, not finished
+        assert cf.BALLAST._map is None
+    finally:
+        proc.kill()
+        proc.wait()
+        cf.BALLAST.nbytes = 0
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+
+
 def test_zero_copy_reference_lands_every_byte(tmp_path: Path) -> None:
     import asyncio
     import os
