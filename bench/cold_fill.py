@@ -153,8 +153,8 @@ class _Ballast:
     this one took to import. On a VM that hands free memory back to its host
     (``virtio_balloon`` free page reporting, after about 2 s), touching
     memory freed longer ago costs a host fault per page: 512 MiB of buffered
-    writes measured 0.2 CPU s/GiB right after a free and 2.5 s/GiB 8 s
-    later, so a system that imported torch (seconds) after a pass that wrote
+    writes measured 0.2-0.5 CPU s/GiB right after a free and 2.3-2.6 s/GiB
+    8 s later, so a system that imported torch (seconds) after a pass that wrote
     nothing paid that for all its memory and the reference, after a pass
     that freed its files, did not.
     """
