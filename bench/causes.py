@@ -121,8 +121,12 @@ CAUSES: dict[tuple[str, str], str] = {
         "and the GIL to each other, 8-14 context switches a chunk), the "
         "interpreter about 0.1. The "
         "direct rows' MB/s (one Python process) is 0.71-0.90x the "
-        "reference's; the ShardDataset epoch's fill swung 0.51-1.92 s/GiB "
-        "with direct writes."
+        "reference's and 0.72-1.0x the device's O_DIRECT write rate here "
+        "(1.14-1.26 GB/s for 4 MiB files from 1-4 threads alike), which "
+        "bounds a direct pass; the reference's buffered writes never reach the "
+        "device within its pass (about 517 MB still dirty at its end). The "
+        "ShardDataset epoch's fill swung 0.51-1.92 s/GiB with direct "
+        "writes."
     ),
     ("cluster", "4 nodes"): (
         "The disk tier refreshes a chunk's recency (mtime) at most every 5 s, "
