@@ -251,25 +251,32 @@ def _child(spec: dict[str, Any], timeout: float = 600.0) -> Result:
     BALLAST.hold()
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
+    open_fds = [ready_r, ready_w, go_r, go_w]
+
+    def close(*fds: int) -> None:
+        for fd in fds:
+            if fd in open_fds:
+                open_fds.remove(fd)
+                os.close(fd)
+
     spec = {**spec, "start_fds": [ready_w, go_r]}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.fill_passes", json.dumps(spec)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=err,
-                text=True,
-                pass_fds=(ready_w, go_r),
-            )
-        finally:
-            os.close(ready_w)
-            os.close(go_r)
-        try:
-            _start_when_ready(proc, ready_r, go_w, timeout)
-        finally:
-            os.close(ready_r)
-            os.close(go_w)
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        contextlib.ExitStack() as stack,
+    ):
+        stack.callback(lambda: close(*list(open_fds)))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.fill_passes", json.dumps(spec)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            text=True,
+            pass_fds=(ready_w, go_r),
+        )
+        close(ready_w, go_r)  # the child's ends
+        _start_when_ready(proc, ready_r, go_w, timeout)
+        close(ready_r, go_w)
         code, cpu_total = _wait(proc, timeout)
         out.seek(0)
         err.seek(0)
