@@ -293,14 +293,13 @@ def write_tmp(
     """
     tmp = f"{digest}.{os.getpid()}.{secrets.token_hex(4)}"
     write = write_direct if bypass else write_new
-    for attempt in range(2):
-        try:
-            write(dirs.tmp(), tmp, header, payload)
-            return tmp
-        except FileNotFoundError:
-            if attempt or not dirs.stale("tmp"):
-                raise
-    raise AssertionError("unreachable")
+    try:
+        write(dirs.tmp(), tmp, header, payload)
+    except FileNotFoundError:
+        if not dirs.stale("tmp"):
+            raise
+        write(dirs.tmp(), tmp, header, payload)  # tmp/ was removed: once more
+    return tmp
 
 
 def link_chunk(dirs: DirCache, tfd: int, tmp: str, digest: str) -> bool:
