@@ -342,6 +342,9 @@ def _prefetch(spec: Spec) -> Callable[[], dict[str, Any]]:
         return {
             "bytes": total,
             "prefetch_failed": len(handle.failed),
+            # The last first read's body rate: whether the prefetch kept
+            # only what hides the origin's wait ahead (cachefs.prefetch).
+            "first_read_body_rate": handle._pacing.body_rate,
             "prefetch": stats.get("prefetch", {}),
             "router": stats.get("router", {}),
             **_cachefs_counts(fs),

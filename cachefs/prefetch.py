@@ -23,12 +23,22 @@ if TYPE_CHECKING:
     from cachefs.router import ChunkRouter
     from cachefs.versions import VersionResolver
 
-__all__ = ["FirstReads", "PrefetchHandle", "all_done"]
+__all__ = ["AHEAD_FLOOR", "FAST_BODY", "FirstReads", "PrefetchHandle", "all_done"]
 
 log = logging.getLogger(__name__)
 
 #: Batches an explicit prefetch keeps in flight at once.
 DEPTH = 2
+#: Bytes a prefetch with a reader keeps staged and in flight at least
+#: (:meth:`PrefetchHandle.ahead`).
+AHEAD_FLOOR = 64 * 2**20
+#: Bytes per second of one response's body from which a prefetch keeps
+#: only :meth:`PrefetchHandle.ahead` ahead of its reader (the floor's four
+#: 16 MiB requests then bring 512 MB/s or more; from nginx on loopback,
+#: ``cold_fill``'s prefetch passes measured 0.98-1.7 GB/s).
+#: Slower responses (a WAN object store's, whose throughput grows with
+#: connections in parallel) need many in flight, and get the whole budget.
+FAST_BODY = 128e6
 
 #: An explicit prefetch item: a path, or ``(path, start, end)``.
 PrefetchItem = str | tuple[str, int | None, int | None]
@@ -57,17 +67,25 @@ class FirstReads:
         self.most = most
         self.allowed = min(2, most)
         self.running = 0
+        #: Bytes per second of the last first read's body, once measured.
+        self.body_rate: float | None = None
 
     def may_start(self) -> bool:
         """Whether another first read may start now."""
         return self.running < self.allowed
 
-    def finished(self, wait: float | None, body: float | None) -> None:
-        """Count a first read done; ``wait`` and ``body`` its two durations."""
+    def finished(self, wait: float | None, body: float | None, nbytes: int = 0) -> None:
+        """Count a first read done.
+
+        ``wait`` and ``body`` are its two durations, ``nbytes`` its body's
+        length.
+        """
         self.running -= 1
         if wait is not None and body is not None and body > 0:
             need = math.ceil((wait + body) / body)
             self.allowed = max(min(2, self.most), min(self.most, need))
+            if nbytes:
+                self.body_rate = nbytes / body
 
 
 class PrefetchHandle:
@@ -241,7 +259,9 @@ class PrefetchHandle:
             # of the next files in flight now, as far as the budget allows,
             # so no file's request waits for another file's headers.
             first, span = self._first_span(self.items[i], group)
-            if self._pacing.may_start() and staging.try_reserve(span):
+            if self._pacing.may_start() and staging.try_reserve(
+                span, self.ahead(group * cs)
+            ):
                 resolving[i] = asyncio.ensure_future(
                     self._first_read(path, first, span)
                 )
@@ -284,7 +304,9 @@ class PrefetchHandle:
                         break  # the reader caught up: it reads the rest
                     batch = keys[g : g + group]
                     self._keys.extend(batch)
-                    futures = await router.prefetch(batch, wait=True)
+                    futures = await router.prefetch(
+                        batch, wait=True, within=self.ahead(group * cs)
+                    )
                     self.done_bytes += sum(
                         min(hi, k.stop) - max(lo, k.start)
                         for k in batch
@@ -329,7 +351,7 @@ class PrefetchHandle:
         first, span = self._first_span((path, start, end), group)
         staging = self.router.staging
         assert staging is not None
-        await staging.reserve(span)
+        await staging.reserve(span, self.ahead(group * self.resolver.chunk_size))
         return await self._first_read(path, first, span)
 
     def _first_span(self, item: PrefetchItem, group: int) -> tuple[int, int]:
@@ -372,10 +394,28 @@ class PrefetchHandle:
             return version
 
         def landed(_: asyncio.Future[Any]) -> None:
-            pacing.finished(learned - began, loop.time() - learned)
+            pacing.finished(learned - began, loop.time() - learned, stop - first)
 
         all_done(body).add_done_callback(landed)
         return version
+
+    def ahead(self, batch: int) -> int | None:
+        """Return the bytes to keep staged and in flight ahead of the reader.
+
+        Enough to hide the origin's wait: as many batches of ``batch``
+        bytes as :class:`FirstReads` keeps first reads in flight (its
+        measure of ``(first byte + body) / body``), and at least
+        :data:`AHEAD_FLOOR`; the staging area lets go of this bound while
+        no reader takes what is staged (:mod:`cachefs.tiers.staging`).
+        ``None`` (the whole budget) where responses come in slower than
+        :data:`FAST_BODY` (more of them in flight bring more), and for a
+        prefetch kept ``depth`` deep on purpose: ``cachefs warm -j N`` asks
+        for N requests in flight.
+        """
+        rate = self._pacing.body_rate
+        if self.depth != DEPTH or (rate is not None and rate < FAST_BODY):
+            return None
+        return max(AHEAD_FLOOR, self._pacing.allowed * batch)
 
     def _limit(self) -> int:
         staging = self.router.staging

@@ -216,13 +216,15 @@ class ChunkRouter:
         return disk.contains(key) if probe_disk else disk.in_memory(key)
 
     async def prefetch(
-        self, keys: Sequence[ChunkKey], *, wait: bool
+        self, keys: Sequence[ChunkKey], *, wait: bool, within: int | None = None
     ) -> dict[ChunkKey, asyncio.Future[memoryview]]:
         """Fetch ``keys`` ahead of their reader into the staging area.
 
-        With ``wait``, waits for room in the prefetch budget; without, skips
-        the keys when there is none. Returns futures of the fetches this
-        call started or joined; cached keys are left out.
+        With ``wait``, waits for room in the prefetch budget (or ``within``
+        bytes staged and in flight, while a reader takes what is staged:
+        :meth:`~cachefs.tiers.staging.Staging.reserve`); without, skips the
+        keys when there is none. Returns futures of the fetches this call
+        started or joined; cached keys are left out.
         """
         staging = self.staging
         if staging is None:
@@ -242,7 +244,7 @@ class ChunkRouter:
         if not todo:
             return joined
         if wait:
-            await staging.reserve(need)
+            await staging.reserve(need, within)
         elif not staging.try_reserve(need):
             return joined
         futures, new = self.request(todo, prefetch=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 
 import pytest
 
 from cachefs.chunks import ChunkKey, FileVersion
-from cachefs.tiers.staging import Staging
+from cachefs.tiers.staging import READER_IDLE, Staging
 
 V = FileVersion("memory", "/staged", 1 << 20, "t")
 CHUNK = 100
@@ -236,3 +237,53 @@ def test_the_newest_staged_chunk_on_disk_is_dropped_first() -> None:
     assert staging.try_reserve(CHUNK)
     assert key(0) in staging and key(1) in staging and key(2) not in staging
     assert staging.stats.spilled == 1
+
+
+def test_a_bound_within_the_budget_waits_for_the_reader_and_drops_nothing() -> None:
+    # Everything staged is on disk too, so the whole budget would spill it;
+    # a reservation within a smaller bound must not: the reader is about to
+    # take those chunks.
+    staging = Staging(limit=1000, hold=60.0, elsewhere=lambda k: True)
+    for i in range(3):
+        assert staging.try_reserve(CHUNK, within=300)
+        assert staging.put(key(i), chunk(i))
+    assert not staging.try_reserve(CHUNK, within=300)
+    assert staging.stats.spilled == 0 and all(key(i) in staging for i in range(3))
+    assert staging.try_reserve(CHUNK)  # the whole budget still has room
+    staging.unreserve(CHUNK)
+    assert staging.take(key(0)) is not None
+    assert staging.try_reserve(CHUNK, within=300)  # the reader made room
+
+
+def test_a_bound_gives_way_once_the_reader_leaves_staged_chunks_waiting() -> None:
+    staging = Staging(limit=1000, hold=60.0)
+    for i in range(3):
+        assert staging.try_reserve(CHUNK, within=300)
+        assert staging.put(key(i), chunk(i))
+    assert not staging.try_reserve(CHUNK, within=300)
+    # The oldest staged chunk has waited READER_IDLE with nothing taken (at
+    # least: a slow machine only waits longer): the whole budget applies.
+    time.sleep(READER_IDLE * 1.2)
+    assert staging.try_reserve(CHUNK, within=300)
+    assert staging.try_reserve(CHUNK, within=300)  # until a reader takes one
+    assert staging.take(key(0)) is not None
+    assert not staging.try_reserve(CHUNK, within=300)  # 200 staged + 200 booked
+
+
+def test_reserve_within_a_bound_returns_when_a_reader_takes() -> None:
+    staging = Staging(limit=1000, hold=60.0, elsewhere=lambda k: True)
+
+    async def scenario() -> None:
+        for i in range(3):
+            await staging.reserve(CHUNK, within=300)
+            assert staging.put(key(i), chunk(i))
+        waiter = asyncio.ensure_future(staging.reserve(CHUNK, within=300))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        taker = threading.Thread(target=staging.take, args=(key(0),))
+        taker.start()
+        await asyncio.wait_for(waiter, timeout=30)
+        taker.join()
+        assert staging.stats.spilled == 0
+
+    asyncio.run(scenario())
