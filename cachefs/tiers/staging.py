@@ -22,7 +22,7 @@ prefetch with a reader: :meth:`cachefs.prefetch.PrefetchHandle.ahead`). A
 reader that keeps up with its prefetch needs only what hides the origin's
 wait staged ahead of it; every byte staged past that is memory landed
 long before it is read, which a cold pass pays for in page faults (a
-512 MiB ``fs.prefetch`` pass over nginx made 72-107 new 4 MiB landing
+512 MiB ``fs.prefetch`` pass over nginx made 67-107 new 4 MiB landing
 mappings with the whole 256 MiB budget ahead, 17-24 within 64 MiB). The
 smaller bound holds only while a reader takes what is staged: once the
 oldest staged chunk has waited :data:`READER_IDLE` seconds with no chunk
