@@ -417,10 +417,6 @@ class PrefetchHandle:
             return None
         return max(AHEAD_FLOOR, self._pacing.allowed * batch)
 
-    def _limit(self) -> int:
-        staging = self.router.staging
-        return staging.limit if staging is not None else 0
-
     def _counter(self, path: str, nbytes: int) -> Any:
         def count(fut: asyncio.Future[memoryview]) -> None:
             left = self._pending.get(path, 0) - 1
