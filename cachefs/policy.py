@@ -163,7 +163,13 @@ class LRUPolicy(EvictionPolicy):
     def victims(self) -> Iterator[Hashable]:  # noqa: D102
         # The tier removes each victim before asking for the next one.
         while self._order:
-            yield next(iter(self._order))
+            try:
+                oldest = next(iter(self._order))
+            except RuntimeError:
+                # A hit's move_to_end (unlocked, see the class docstring) ran
+                # between iter() and next(): the order is intact, look again.
+                continue
+            yield oldest
 
 
 @register_policy

@@ -8,6 +8,8 @@ through the real disk tier.
 from __future__ import annotations
 
 import random
+import sys
+import threading
 
 import pytest
 
@@ -58,6 +60,38 @@ def test_every_policy_names_each_victim_once(name):
         if len(victims) == 4:
             break
     assert len(set(victims)) == len(victims)
+
+
+@pytest.mark.parametrize("name", ["lru", "adaptive"])
+def test_victims_tolerate_hits_from_other_threads(name):
+    # The RAM tier calls accessed() without its lock: a hit's move_to_end
+    # may land between victims()'s iter() and next(). A switch interval of
+    # a microsecond makes that interleaving common instead of rare.
+    policy = make_policy(name)
+    keys = [f"k{i}" for i in range(64)]
+    for key in keys:
+        policy.inserted(key)
+    done = threading.Event()
+
+    def hits() -> None:
+        while not done.is_set():
+            for key in keys:
+                policy.accessed(key)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=hits)
+    thread.start()
+    try:
+        for _ in range(20_000):
+            victim = next(policy.victims())
+            assert victim in keys
+            policy.removed(victim)
+            policy.inserted(victim)
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(before)
 
 
 def test_lru_order_and_rank():
