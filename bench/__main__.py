@@ -12,11 +12,13 @@ Targets are reported, never asserted: the exit status is 0 unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import (
     cluster,
@@ -27,6 +29,7 @@ from bench import (
     disk_writes,
     dlio,
     epoch_scan,
+    host_memory,
     hot_path,
     loader_peers,
     loader_stall,
@@ -154,6 +157,35 @@ def _summary(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if doc else ""
 
 
+def _scenario(
+    name: str, args: argparse.Namespace, machine: dict[str, Any], params: dict[str, Any]
+) -> bool:
+    """Run one scenario, print and write its result; whether a target is unmet."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    reported = host_memory.reported_mib()
+    t0 = time.perf_counter()
+    rows = SCENARIOS[name](args.quick, args)
+    extra: dict[str, Any] = {"loadavg_after": loadavg()}
+    if reported is not None and (now := host_memory.reported_mib()) is not None:
+        # Memory handed back to the host while it ran: 0 when paused.
+        extra["page_reporting_mib_during"] = now - reported
+    result = Result(
+        scenario=name,
+        quick=args.quick,
+        rows=rows,
+        machine=machine,
+        params={**params, **extra},
+        started_at=started,
+        duration_s=round(time.perf_counter() - t0, 3),
+    )
+    mode = " (quick)" if args.quick else ""
+    print()
+    print(format_table(rows, title=f"{name}{mode}"))
+    path = result.write(args.out)
+    print(f"\n{name}: {result.duration_s:.1f} s, results in {path}", flush=True)
+    return bool(unmet(rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the scenarios named in ``argv``; return the exit status."""
     parser = build_parser()
@@ -182,28 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if k not in ("scenarios", "list")
     }
     failed = False
-    for name in names:
-        started = datetime.now(UTC).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
-        rows = SCENARIOS[name](args.quick, args)
-        result = Result(
-            scenario=name,
-            quick=args.quick,
-            rows=rows,
-            machine=machine,
-            params={**params, "loadavg_after": loadavg()},
-            started_at=started,
-            duration_s=round(time.perf_counter() - t0, 3),
+    published = Path(args.out).resolve() == RESULTS_DIR.resolve()
+    host: dict[str, Any] = {}
+    with host_memory.paused(host) if published else contextlib.nullcontext():
+        machine["free_page_reporting"] = host.get(
+            "free_page_reporting", "left as it was (a run outside bench/results)"
         )
-        mode = " (quick)" if args.quick else ""
-        print()
-        print(format_table(rows, title=f"{name}{mode}"))
-        path = result.write(args.out)
-        print(f"\n{name}: {result.duration_s:.1f} s, results in {path}", flush=True)
-        failed = failed or bool(unmet(rows))
+        print(f"free page reporting: {machine['free_page_reporting']}", flush=True)
+        for name in names:
+            failed = _scenario(name, args, machine, params) or failed
     # Only a run into bench/results rewrites the docs: a run elsewhere (a
     # test, an experiment) must not replace the published figures.
-    if args.publish and Path(args.out).resolve() == RESULTS_DIR.resolve():
+    if args.publish and published:
         page = publish.publish(args.out)
         print(f"report: {page}", flush=True)
     return 1 if failed and args.strict else 0
