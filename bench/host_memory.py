@@ -6,10 +6,9 @@ that stayed free for about 2 s back to its host, in blocks of
 fault the host serves, and the guest counts it as CPU time of whatever
 process touched it. A bench pass that runs while a report goes out pays
 that for every page it allocates: on this project's VM, 512 MiB written
-through the page cache in 4 MiB ``pwrite`` calls cost 0.27-0.30 CPU
-s/GiB in passes that overlapped no report and 1.3-1.9 in passes that
-overlapped one (the module's ``reported_kib`` counter rose by 276-304 MiB
-during each of those, by 0 during the others). Which pass met a report
+through the page cache in 4 MiB ``pwrite`` calls cost 1.75-1.87 CPU
+s/GiB in the 7 passes of 24 during which the module's ``reported_kib``
+counter rose (by 276-304 MiB each) and 0.27-0.45 in the others. Which pass met a report
 depended on the clock, not on the system measured, and a longer pass met
 one more often: the bimodal rows of ``cold_fill`` up to its fifth round.
 

@@ -387,6 +387,15 @@ def _winners(docs: Sequence[dict[str, Any]]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _reporting(doc: dict[str, Any]) -> str:
+    """Say what the VM's free page reporting did during a scenario's run."""
+    state = str(doc.get("machine", {}).get("free_page_reporting", "not recorded"))
+    during = doc.get("params", {}).get("page_reporting_mib_during")
+    if during is not None:
+        state += f", {during} MiB handed back to the host during the run"
+    return state
+
+
 def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
     """Write the results page and plots; return the page's path."""
     docs = _load(results_dir or RESULTS_DIR)
@@ -474,7 +483,8 @@ def publish(results_dir: Path | None = None, out: Path = DOCS_DIR) -> Path:
             f"Run {doc.get('started_at', '?')}, {doc.get('duration_s', '?')} s, on "
             f"{machine.get('cpu_model', '?')} ({machine.get('cpus_usable', '?')} "
             f"usable cores), Python {machine.get('python', '?')}, "
-            f"load {machine.get('loadavg', '?')}.",
+            f"load {machine.get('loadavg', '?')}; free page reporting: "
+            f"{_reporting(doc)}.",
             "",
             format_table(_rows(doc)),
             "",
