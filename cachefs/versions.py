@@ -159,10 +159,37 @@ class VersionResolver:
     # -- learning ------------------------------------------------------------
 
     async def version(self, tpath: str) -> FileVersion:
-        """Return ``tpath``'s version, asking the origin if it is not known."""
+        """Return ``tpath``'s version, asking the origin if it is not known.
+
+        A first read of the file already under way in this process
+        (:meth:`resolve_span`, a prefetch's or an open's) is awaited instead,
+        or after the metadata call when it began meanwhile: its chunks are
+        in flight under the version it learns from its headers, and a caller
+        that learned the version first would find none of them in flight
+        and fetch them again.
+        """
         version = self.known(tpath)
         if version is not None:
             return version
+        pending = self._resolving.get(tpath)
+        if pending is None:
+            version = await self._from_origin(tpath)
+            pending = self._resolving.get(tpath)
+            if pending is None:
+                return version
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this caller was cancelled, not the first read
+        except Exception:  # its error is the first read's; see below
+            pass
+        # The first read failed or its prefetch was cancelled: that is no
+        # answer for this caller, whose own metadata call decides.
+        return version if version is not None else await self._from_origin(tpath)
+
+    async def _from_origin(self, tpath: str) -> FileVersion:
+        """Learn ``tpath``'s version with a metadata call."""
         info = await self.info(tpath)
         version = self.known(tpath)
         if version is None:  # metadata_ttl=0: nothing is kept

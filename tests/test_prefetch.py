@@ -278,3 +278,31 @@ def test_first_reads_in_flight_follow_the_wait_for_the_first_byte():
     assert pacing.running == 0 and pacing.allowed == 16
     pacing.finished(0.05, 0.05)
     assert pacing.allowed == 2
+
+
+@pytest.mark.parametrize("readahead", [0, "4MiB"])
+def test_an_open_during_a_prefetchs_first_read_fetches_nothing_twice(
+    make_fs, readahead
+):
+    # Every GET waits 0.5 s before its headers (a "stall" on each); HEADs
+    # answer at once. An open that learned the version by a HEAD (readahead
+    # off) found none of the first read's chunks in flight yet, their
+    # version unknown until those headers, and fetched them again.
+    data = os.urandom(4 * MiB)
+    with HTTPOrigin(
+        files={"a.bin": data}, fault_rate=1.0, fault_kind="stall", stall_seconds=0.5
+    ) as origin:
+        fs = make_fs(readahead=readahead, max_coalesce="4MiB")
+        url = origin.url_for("a.bin")
+        handle = fs.prefetch([url])
+        # The first read's GET is at the origin before the open starts.
+        deadline = time.monotonic() + 30
+        while origin.stats.get_requests < 1:
+            assert time.monotonic() < deadline, "the prefetch sent no GET"
+            time.sleep(0.005)
+        assert read_all(fs, url) == data
+        assert handle.wait(timeout=30) and not handle.failed
+        fs.wait_idle()
+        assert origin.stats.bytes_sent == len(data)
+        assert origin.stats.get_requests == 1
+        assert origin.stats.head_requests == 0
