@@ -306,3 +306,23 @@ def test_an_open_during_a_prefetchs_first_read_fetches_nothing_twice(
         assert origin.stats.bytes_sent == len(data)
         assert origin.stats.get_requests == 1
         assert origin.stats.head_requests == 0
+
+
+def test_an_open_waiting_on_a_failed_first_read_learns_the_version_itself(make_fs):
+    # Every GET answers 503 (after 0.2 s); HEADs succeed. The open
+    # (readahead off) waits for the prefetch's first read under way, which
+    # fails: that failure is the prefetch's, and the open learns the version
+    # with its own HEAD.
+    data = os.urandom(2 * MiB)
+    with HTTPOrigin(files={"a.bin": data}, latency=0.2, fault_rate=1.0) as origin:
+        fs = make_fs(readahead=0, max_coalesce="2MiB")
+        url = origin.url_for("a.bin")
+        handle = fs.prefetch([url])
+        deadline = time.monotonic() + 30
+        while origin.stats.get_requests < 1:
+            assert time.monotonic() < deadline, "the prefetch sent no GET"
+            time.sleep(0.005)
+        with fs.open(url) as f:
+            assert f.size == len(data)
+        assert handle.wait(timeout=60) and handle.failed
+        assert origin.stats.head_requests == 1
