@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook must come first
 import contextlib
+import errno
 import functools
 import os
 import threading
@@ -99,8 +100,34 @@ def call_sync(
     FSTimeoutError
         With the message of the timeout that caused it (URL and range).
     """
-    result: T = _sync(loop, func, *args, timeout=timeout, **kwargs)
+    result: T = _sync(loop, _cancel_is_an_error, func, *args, timeout=timeout, **kwargs)
     return result
+
+
+async def _cancel_is_an_error(
+    func: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
+) -> T:
+    """Await ``func``; a cancellation that is not this task's is an error.
+
+    fsspec's ``sync`` hands back ``None`` for a coroutine that raised
+    :class:`asyncio.CancelledError` (not an ``Exception``), so a caller
+    unpacking the result met a ``TypeError`` far from the cause. A
+    cancelled future awaited inside (a request another caller cancelled)
+    becomes an ``OSError(ECANCELED)`` naming the call; this task's own
+    cancellation (a timeout) stays one, so timeouts are still reported as
+    timeouts.
+    """
+    try:
+        return await func(*args, **kwargs)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        name = getattr(func, "__qualname__", repr(func))
+        raise OSError(
+            errno.ECANCELED,
+            f"cachefs: {name} ended because work it waited for was cancelled",
+        ) from None
 
 
 def name_timeouts_of(obj: Any) -> None:

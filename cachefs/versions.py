@@ -357,7 +357,14 @@ class VersionResolver:
             if staged and staging is not None:
                 staging.unreserve(reserved)
             if pending is not None:
-                return await asyncio.shield(pending), {}
+                try:
+                    return await asyncio.shield(pending), {}
+                except asyncio.CancelledError:
+                    if not pending.cancelled():
+                        raise  # this caller was cancelled, not the first read
+                # The first read was cancelled (its prefetch was): no answer
+                # for this caller, which learns the version itself.
+                return await self.version(tpath), {}
             assert lock is not None
             await router.acquire(lock)  # another process is reading it
             lock.release()

@@ -4,15 +4,22 @@ fsspec builds a blocking twin of each coroutine on every instance; cachefs
 builds them on its class (a new process's first open paid 0.26 ms for it,
 issue 20). Each still finds its coroutine when called, names its timeouts
 (through ``call_sync``), and an asynchronous cache's are served by its
-synchronous twin.
+synchronous twin. A cancellation inside is an error, not ``None``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 from pathlib import Path
 from typing import Any
 
+import pytest
+from fsspec.asyn import get_loop
+from fsspec.exceptions import FSTimeoutError
+
 from cachefs import CacheFileSystem
+from cachefs.bridge import call_sync
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -75,3 +82,25 @@ def test_an_asynchronous_cache_serves_blocking_calls_by_its_twin(tmp_path):
     twin = fs.sync_twin()
     assert twin is not fs and not twin.asynchronous
     twin.close()
+
+
+def test_a_cancelled_wait_on_the_loop_is_an_error_not_none() -> None:
+    # fsspec's sync returns None for a coroutine that raised CancelledError;
+    # a caller unpacking that met a TypeError far from the cause.
+    async def waits_on_a_cancelled_request() -> int:
+        request = asyncio.get_running_loop().create_future()
+        request.cancel()
+        await request
+        return 1
+
+    with pytest.raises(OSError, match="waits_on_a_cancelled_request") as info:
+        call_sync(get_loop(), waits_on_a_cancelled_request)
+    assert info.value.errno == errno.ECANCELED
+
+
+def test_a_timeout_on_the_loop_is_still_a_timeout() -> None:
+    async def waits_long() -> None:
+        await asyncio.sleep(60)
+
+    with pytest.raises(FSTimeoutError):
+        call_sync(get_loop(), waits_long, timeout=0.05)

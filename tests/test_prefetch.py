@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -280,6 +283,27 @@ def test_first_reads_in_flight_follow_the_wait_for_the_first_byte():
     assert pacing.allowed == 2
 
 
+@contextlib.contextmanager
+def _first_read_under_way(
+    make_fs, readahead, size: int, **origin_options
+) -> Iterator[tuple[HTTPOrigin, CacheFileSystem, str, Any, bytes]]:
+    """A prefetch of one file whose first read's GET is at the origin.
+
+    Yields the origin, the filesystem, the file's URL, the prefetch's handle
+    and the file's bytes.
+    """
+    data = os.urandom(size)
+    with HTTPOrigin(files={"a.bin": data}, fault_rate=1.0, **origin_options) as origin:
+        fs = make_fs(readahead=readahead, max_coalesce=size)
+        url = origin.url_for("a.bin")
+        handle = fs.prefetch([url])
+        deadline = time.monotonic() + 30
+        while origin.stats.get_requests < 1:
+            assert time.monotonic() < deadline, "the prefetch sent no GET"
+            time.sleep(0.005)
+        yield origin, fs, url, handle, data
+
+
 @pytest.mark.parametrize("readahead", [0, "4MiB"])
 def test_an_open_during_a_prefetchs_first_read_fetches_nothing_twice(
     make_fs, readahead
@@ -288,18 +312,9 @@ def test_an_open_during_a_prefetchs_first_read_fetches_nothing_twice(
     # answer at once. An open that learned the version by a HEAD (readahead
     # off) found none of the first read's chunks in flight yet, their
     # version unknown until those headers, and fetched them again.
-    data = os.urandom(4 * MiB)
-    with HTTPOrigin(
-        files={"a.bin": data}, fault_rate=1.0, fault_kind="stall", stall_seconds=0.5
-    ) as origin:
-        fs = make_fs(readahead=readahead, max_coalesce="4MiB")
-        url = origin.url_for("a.bin")
-        handle = fs.prefetch([url])
-        # The first read's GET is at the origin before the open starts.
-        deadline = time.monotonic() + 30
-        while origin.stats.get_requests < 1:
-            assert time.monotonic() < deadline, "the prefetch sent no GET"
-            time.sleep(0.005)
+    with _first_read_under_way(
+        make_fs, readahead, 4 * MiB, fault_kind="stall", stall_seconds=0.5
+    ) as (origin, fs, url, handle, data):
         assert read_all(fs, url) == data
         assert handle.wait(timeout=30) and not handle.failed
         fs.wait_idle()
@@ -313,16 +328,40 @@ def test_an_open_waiting_on_a_failed_first_read_learns_the_version_itself(make_f
     # (readahead off) waits for the prefetch's first read under way, which
     # fails: that failure is the prefetch's, and the open learns the version
     # with its own HEAD.
-    data = os.urandom(2 * MiB)
-    with HTTPOrigin(files={"a.bin": data}, latency=0.2, fault_rate=1.0) as origin:
-        fs = make_fs(readahead=0, max_coalesce="2MiB")
-        url = origin.url_for("a.bin")
-        handle = fs.prefetch([url])
-        deadline = time.monotonic() + 30
-        while origin.stats.get_requests < 1:
-            assert time.monotonic() < deadline, "the prefetch sent no GET"
-            time.sleep(0.005)
+    with _first_read_under_way(make_fs, 0, 2 * MiB, latency=0.2) as (
+        origin,
+        fs,
+        url,
+        handle,
+        data,
+    ):
         with fs.open(url) as f:
             assert f.size == len(data)
         assert handle.wait(timeout=60) and handle.failed
         assert origin.stats.head_requests == 1
+
+
+@pytest.mark.parametrize("readahead", [0, "4MiB"])
+def test_an_open_outlives_a_cancelled_prefetchs_first_read(make_fs, readahead):
+    # The open shares the prefetch's first read of the file (GETs answer
+    # after 1 s); the prefetch is cancelled meanwhile. The open learns the
+    # version itself and reads the file: it used to fail with a TypeError
+    # (readahead on), the shared read's cancellation surfacing as None.
+    with _first_read_under_way(
+        make_fs, readahead, 4 * MiB, fault_kind="stall", stall_seconds=1.0
+    ) as (_, fs, url, handle, data):
+        got: dict[str, object] = {}
+
+        def reader() -> None:
+            try:
+                got["data"] = read_all(fs, url)
+            except Exception as exc:  # reported by the assertion below
+                got["error"] = exc
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(0.2)  # the open is waiting on the first read by now
+        handle.cancel()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert got.get("data") == data, got.get("error")
