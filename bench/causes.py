@@ -37,7 +37,9 @@ CAUSES: dict[tuple[str, str], str] = {
         "s, so 0.7x (about 0.2 s) needs sample parsing to overlap the "
         "transfer almost entirely. Quick runs: 0.26-0.36x at ac125c5, "
         "0.38-0.54x after the worker gc.freeze, 0.42x on the fifth round's "
-        "page, 0.65x on the sixth's (the VM's free page reporting paused)."
+        "page, 0.65x on the sixth's (the VM's free page reporting paused), "
+        "and 0.48x, 0.68x and 0.70x in three more sixth-round runs (epochs "
+        "of 0.24-0.57 s): around the target, with the machine's noise."
     ),
     ("user_hot_ram", "1 hot"): (
         "Partly established: 0.83-0.88x against a 0.9x target. In a helper "
