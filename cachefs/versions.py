@@ -178,15 +178,28 @@ class VersionResolver:
             if pending is None:
                 return version
         try:
+            shared = await self._shared(pending)
+        except Exception:  # the first read's error, not this caller's answer
+            shared = None
+        if shared is not None:
+            return shared
+        # The first read failed or its prefetch was cancelled: this caller's
+        # own metadata call decides.
+        return version if version is not None else await self._from_origin(tpath)
+
+    @staticmethod
+    async def _shared(pending: asyncio.Future[FileVersion]) -> FileVersion | None:
+        """Await a first read under way; ``None`` if it was cancelled.
+
+        A first read cancelled under its waiters (its prefetch was) answers
+        none of them; this caller's own cancellation is raised.
+        """
+        try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
             if not pending.cancelled():
-                raise  # this caller was cancelled, not the first read
-        except Exception:  # its error is the first read's; see below
-            pass
-        # The first read failed or its prefetch was cancelled: that is no
-        # answer for this caller, whose own metadata call decides.
-        return version if version is not None else await self._from_origin(tpath)
+                raise
+            return None
 
     async def _from_origin(self, tpath: str) -> FileVersion:
         """Learn ``tpath``'s version with a metadata call."""
@@ -357,14 +370,10 @@ class VersionResolver:
             if staged and staging is not None:
                 staging.unreserve(reserved)
             if pending is not None:
-                try:
-                    return await asyncio.shield(pending), {}
-                except asyncio.CancelledError:
-                    if not pending.cancelled():
-                        raise  # this caller was cancelled, not the first read
-                # The first read was cancelled (its prefetch was): no answer
-                # for this caller, which learns the version itself.
-                return await self.version(tpath), {}
+                shared = await self._shared(pending)
+                if shared is None:  # cancelled: this caller learns it itself
+                    shared = await self.version(tpath)
+                return shared, {}
             assert lock is not None
             await router.acquire(lock)  # another process is reading it
             lock.release()
